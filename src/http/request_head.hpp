@@ -66,6 +66,10 @@ struct HeadError {
   std::string_view message;  // a human sentence (static storage)
 };
 
+// The same scan, with the verdict's message (static storage) for the error body and the log.
+HeadProgress scan_request_head(std::string_view buf, const HeadLimits& lim, size_t* head_len,
+                               HeadError* error);
+
 // Parses a complete head (as delimited by scan_request_head). Checks, in SPEC 11 order: request
 // line syntax 400, version 505, field syntax 400, framing 400/501 (CL+TE before coding rules),
 // 414, 431, Host rules 400, absolute-form 400, CONNECT 501, Upgrade 501. The route-dependent

@@ -1,0 +1,402 @@
+#include "http/codec.hpp"
+
+#include <llhttp.h>
+
+#include <cstring>
+
+namespace dechunkd {
+
+struct LlhttpState {
+  llhttp_t parser;
+};
+
+namespace {
+constexpr uint64_t kMaxChunkExtensionBytes = 4096;  // SPEC 11
+constexpr size_t kMaxResponseHead = 64 * 1024;     // a target's head beyond this is malformed
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Request body decoding
+
+struct RequestCallbacks {
+  static RequestCodec* self(llhttp_t* p) { return static_cast<RequestCodec*>(p->data); }
+
+  static int on_headers_complete(llhttp_t* p) {
+    self(p)->in_trailers_ = true;
+    return 0;
+  }
+
+  static int on_body(llhttp_t* p, const char* at, size_t len) {
+    RequestCodec* c = self(p);
+    // Limits are checked before bytes are accepted, in a form that cannot overflow (STYLE 7).
+    if (c->limits_.max_body_size - c->body_bytes_ < len) {
+      c->fail(ErrorKind::BodyTooLarge, "the request body exceeds the route's max_body_size");
+      return HPE_USER;
+    }
+    c->body_bytes_ += len;
+    if (!c->sink_->on_body_bytes(at, len)) {
+      c->failed_ = true;
+      return HPE_USER;
+    }
+    return 0;
+  }
+
+  static int on_chunk_header(llhttp_t* p) {
+    RequestCodec* c = self(p);
+    c->ext_bytes_ = 0;
+    // Refuse a chunk that cannot fit as soon as its size is known: no need to read it.
+    if (c->limits_.max_body_size - c->body_bytes_ < p->content_length) {
+      c->fail(ErrorKind::BodyTooLarge, "the request body exceeds the route's max_body_size");
+      return HPE_USER;
+    }
+    return 0;
+  }
+
+  static int add_ext(llhttp_t* p, size_t n) {
+    RequestCodec* c = self(p);
+    c->ext_bytes_ += n;
+    if (c->ext_bytes_ > kMaxChunkExtensionBytes) {
+      c->fail(ErrorKind::BadRequest, "a chunk extension is longer than 4 KiB");
+      return HPE_USER;
+    }
+    return 0;
+  }
+  static int on_ext_data(llhttp_t* p, const char*, size_t len) { return add_ext(p, len); }
+  static int on_ext_complete(llhttp_t* p) { return add_ext(p, 1); }  // the ';' or '='
+
+  // Trailer fields (the head's fields were validated by parse_request_head and are ignored).
+  static int on_header_field(llhttp_t* p, const char* at, size_t len) {
+    RequestCodec* c = self(p);
+    if (!c->in_trailers_) return 0;
+    c->field_seen_ = true;
+    return trailer_bytes(c, at, len, &c->cur_name_);
+  }
+  static int on_header_value(llhttp_t* p, const char* at, size_t len) {
+    RequestCodec* c = self(p);
+    if (!c->in_trailers_) return 0;
+    return trailer_bytes(c, at, len, &c->cur_value_);
+  }
+  static int trailer_bytes(RequestCodec* c, const char* at, size_t len, std::string* into) {
+    for (size_t i = 0; i < len; ++i) {
+      unsigned char ch = static_cast<unsigned char>(at[i]);
+      // llhttp 8.1.0 passes obs-fold and some control bytes through: refuse them here.
+      if ((ch < 0x20 && ch != '\t') || ch == 0x7f) {
+        c->fail(ErrorKind::BadRequest, "a trailer field contains a control character or obs-fold");
+        return HPE_USER;
+      }
+    }
+    c->trailer_bytes_ += len;
+    if (c->limits_.max_header_size - c->limits_.head_bytes_used < c->trailer_bytes_) {
+      c->fail(ErrorKind::HeadersTooLarge, "the request head and trailers exceed limits.max_header_size");
+      return HPE_USER;
+    }
+    if (c->limits_.keep_trailers || into == &c->cur_name_) into->append(at, len);
+    return 0;
+  }
+  static int on_header_value_complete(llhttp_t* p) {
+    RequestCodec* c = self(p);
+    if (!c->in_trailers_) return 0;
+    if (!c->field_seen_ || c->cur_name_.empty()) {
+      c->fail(ErrorKind::BadRequest, "a trailer field has an empty name");
+      return HPE_USER;
+    }
+    for (char ch : c->cur_name_) {
+      if (ch == ' ' || ch == '\t') {
+        c->fail(ErrorKind::BadRequest, "a trailer field name contains whitespace");
+        return HPE_USER;
+      }
+    }
+    if (iequals_ascii(c->cur_name_, "transfer-encoding")) {
+      c->fail(ErrorKind::BadRequest, "Transfer-Encoding is not allowed in trailers");
+      return HPE_USER;
+    }
+    c->trailer_bytes_ += 4;  // ": " and CRLF
+    ++c->trailer_fields_;
+    if (c->limits_.max_headers - c->limits_.header_fields_used < c->trailer_fields_ ||
+        c->limits_.max_header_size - c->limits_.head_bytes_used < c->trailer_bytes_) {
+      c->fail(ErrorKind::HeadersTooLarge, "the request head and trailers exceed the header limits");
+      return HPE_USER;
+    }
+    if (c->limits_.keep_trailers) c->trailers_.emplace_back(std::move(c->cur_name_), std::move(c->cur_value_));
+    c->cur_name_.clear();
+    c->cur_value_.clear();
+    c->field_seen_ = false;
+    return 0;
+  }
+
+  static int on_message_complete(llhttp_t* p) {
+    self(p)->complete_ = true;
+    return HPE_PAUSED;  // the next request's bytes stay unconsumed
+  }
+
+  static bool iequals_ascii(std::string_view a, std::string_view b) {
+    if (a.size() != b.size()) return false;
+    for (size_t i = 0; i < a.size(); ++i) {
+      char x = a[i], y = b[i];
+      if (x >= 'A' && x <= 'Z') x = static_cast<char>(x - 'A' + 'a');
+      if (y >= 'A' && y <= 'Z') y = static_cast<char>(y - 'A' + 'a');
+      if (x != y) return false;
+    }
+    return true;
+  }
+
+  static const llhttp_settings_t* settings() {
+    static const llhttp_settings_t s = [] {
+      llhttp_settings_t x;
+      llhttp_settings_init(&x);
+      x.on_headers_complete = on_headers_complete;
+      x.on_body = on_body;
+      x.on_chunk_header = on_chunk_header;
+      x.on_chunk_extension_name = on_ext_data;
+      x.on_chunk_extension_value = on_ext_data;
+      x.on_chunk_extension_name_complete = on_ext_complete;
+      x.on_chunk_extension_value_complete = on_ext_complete;
+      x.on_header_field = on_header_field;
+      x.on_header_value = on_header_value;
+      x.on_header_value_complete = on_header_value_complete;
+      x.on_message_complete = on_message_complete;
+      return x;
+    }();
+    return &s;
+  }
+};
+
+RequestCodec::RequestCodec() : st_(std::make_unique<LlhttpState>()) {}
+RequestCodec::~RequestCodec() = default;
+
+void RequestCodec::fail(ErrorKind kind, std::string_view message) {
+  if (failed_) return;  // the first verdict stands
+  failed_ = true;
+  error_kind_ = kind;
+  error_message_.assign(message);
+}
+
+RequestCodec::Status RequestCodec::begin(std::string_view head, const CodecLimits& limits, BodySink* sink) {
+  llhttp_init(&st_->parser, HTTP_REQUEST, RequestCallbacks::settings());
+  st_->parser.data = this;
+  sink_ = sink;
+  limits_ = limits;
+  in_trailers_ = complete_ = failed_ = false;
+  body_bytes_ = ext_bytes_ = trailer_bytes_ = trailer_fields_ = 0;
+  field_seen_ = false;
+  cur_name_.clear();
+  cur_value_.clear();
+  trailers_.clear();
+  error_message_.clear();
+  size_t consumed = 0;
+  Status s = run(head.data(), head.size(), &consumed);
+  if (s == Status::Error) return s;
+  if (consumed != head.size()) {
+    fail(ErrorKind::BadRequest, "the request head was not accepted by the HTTP parser");
+    return Status::Error;
+  }
+  return s;
+}
+
+RequestCodec::Status RequestCodec::feed(const char* p, size_t n, size_t* consumed) {
+  if (complete_) {
+    *consumed = 0;
+    return Status::Complete;
+  }
+  return run(p, n, consumed);
+}
+
+RequestCodec::Status RequestCodec::run(const char* p, size_t n, size_t* consumed) {
+  *consumed = 0;
+  if (failed_) return Status::Error;
+  llhttp_errno_t err = llhttp_execute(&st_->parser, p, n);
+  if (err == HPE_OK) {
+    *consumed = n;
+    return Status::NeedMore;
+  }
+  if (err == HPE_PAUSED && complete_) {
+    *consumed = static_cast<size_t>(llhttp_get_error_pos(&st_->parser) - p);
+    return Status::Complete;
+  }
+  if (!failed_) {
+    std::string msg = "malformed request: ";
+    msg += llhttp_get_error_reason(&st_->parser);
+    fail(ErrorKind::BadRequest, msg);
+  }
+  return Status::Error;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response parsing
+
+struct ResponseCallbacks {
+  static ResponseCodec* self(llhttp_t* p) { return static_cast<ResponseCodec*>(p->data); }
+
+  static int head_bytes(ResponseCodec* c, size_t add) {
+    size_t total = c->reason_.size() + c->cur_name_.size() + c->cur_value_.size() + add;
+    for (auto& h : c->headers_) total += h.first.size() + h.second.size() + 4;
+    if (total > kMaxResponseHead) {
+      c->fail("the response head is larger than 64 KiB");
+      return HPE_USER;
+    }
+    return 0;
+  }
+  static int on_message_begin(llhttp_t* p) {
+    ResponseCodec* c = self(p);
+    c->headers_.clear();
+    c->reason_.clear();
+    c->cur_name_.clear();
+    c->cur_value_.clear();
+    c->in_value_ = false;
+    return 0;
+  }
+  static int on_status(llhttp_t* p, const char* at, size_t len) {
+    ResponseCodec* c = self(p);
+    if (head_bytes(c, len)) return HPE_USER;
+    c->reason_.append(at, len);
+    return 0;
+  }
+  static int on_header_field(llhttp_t* p, const char* at, size_t len) {
+    ResponseCodec* c = self(p);
+    if (c->head_done_) return 0;  // response trailers are dropped
+    if (head_bytes(c, len)) return HPE_USER;
+    c->cur_name_.append(at, len);
+    return 0;
+  }
+  static int on_header_value(llhttp_t* p, const char* at, size_t len) {
+    ResponseCodec* c = self(p);
+    if (c->head_done_) return 0;
+    if (head_bytes(c, len)) return HPE_USER;
+    c->cur_value_.append(at, len);
+    return 0;
+  }
+  static int on_header_value_complete(llhttp_t* p) {
+    ResponseCodec* c = self(p);
+    if (c->head_done_) return 0;
+    for (char ch : c->cur_value_) {
+      if (ch == '\r' || ch == '\n' || ch == '\0') {
+        c->fail("a response header value contains CR, LF or NUL");
+        return HPE_USER;
+      }
+    }
+    // Trim trailing whitespace (llhttp keeps it).
+    while (!c->cur_value_.empty() && (c->cur_value_.back() == ' ' || c->cur_value_.back() == '\t')) c->cur_value_.pop_back();
+    c->headers_.emplace_back(std::move(c->cur_name_), std::move(c->cur_value_));
+    c->cur_name_.clear();
+    c->cur_value_.clear();
+    return 0;
+  }
+  static int on_headers_complete(llhttp_t* p) {
+    ResponseCodec* c = self(p);
+    int status = p->status_code;
+    if (status >= 100 && status < 200 && status != 101) {
+      return 0;  // interim: llhttp treats it as a body-less message; we skip it
+    }
+    if (status == 101) {
+      c->fail("the target switched protocols (101), which the gateway does not support");
+      return HPE_USER;
+    }
+    c->status_ = status;
+    c->head_done_ = true;
+    c->chunked_ = (p->flags & F_CHUNKED) != 0;
+    c->has_content_length_ = (p->flags & F_CONTENT_LENGTH) != 0 && !c->chunked_;
+    c->content_length_ = c->has_content_length_ ? p->content_length : 0;
+    c->no_body_ = c->head_request_ || status == 204 || status == 304;
+    c->pause_for_head_ = true;
+    if (c->head_request_) return 1;  // no body, whatever the head says
+    return HPE_PAUSED;
+  }
+  static int on_body(llhttp_t* p, const char* at, size_t len) {
+    ResponseCodec* c = self(p);
+    if (!c->sink_->on_body_bytes(at, len)) {
+      c->failed_ = true;
+      return HPE_USER;
+    }
+    return 0;
+  }
+  static int on_message_complete(llhttp_t* p) {
+    ResponseCodec* c = self(p);
+    if (!c->head_done_) return 0;  // the end of a 1xx interim response
+    c->complete_ = true;
+    c->keep_alive_ = llhttp_should_keep_alive(p) != 0;
+    return HPE_PAUSED;
+  }
+  static const llhttp_settings_t* settings() {
+    static const llhttp_settings_t s = [] {
+      llhttp_settings_t x;
+      llhttp_settings_init(&x);
+      x.on_message_begin = on_message_begin;
+      x.on_status = on_status;
+      x.on_header_field = on_header_field;
+      x.on_header_value = on_header_value;
+      x.on_header_value_complete = on_header_value_complete;
+      x.on_headers_complete = on_headers_complete;
+      x.on_body = on_body;
+      x.on_message_complete = on_message_complete;
+      return x;
+    }();
+    return &s;
+  }
+};
+
+ResponseCodec::ResponseCodec() : st_(std::make_unique<LlhttpState>()) {}
+ResponseCodec::~ResponseCodec() = default;
+
+void ResponseCodec::reset(bool head_request, BodySink* sink) {
+  llhttp_init(&st_->parser, HTTP_RESPONSE, ResponseCallbacks::settings());
+  st_->parser.data = this;
+  sink_ = sink;
+  head_request_ = head_request;
+  head_done_ = complete_ = failed_ = any_byte_ = pause_for_head_ = false;
+  status_ = 0;
+  reason_.clear();
+  headers_.clear();
+  cur_name_.clear();
+  cur_value_.clear();
+  keep_alive_ = chunked_ = has_content_length_ = no_body_ = false;
+  content_length_ = 0;
+  error_message_.clear();
+}
+
+void ResponseCodec::fail(std::string_view message) {
+  if (failed_) return;
+  failed_ = true;
+  error_message_.assign(message);
+}
+
+ResponseCodec::Status ResponseCodec::feed(const char* p, size_t n, size_t* consumed) {
+  *consumed = 0;
+  if (failed_) return Status::Error;
+  if (complete_) return Status::Complete;
+  if (n > 0) any_byte_ = true;
+  if (llhttp_get_errno(&st_->parser) == HPE_PAUSED) llhttp_resume(&st_->parser);
+  llhttp_errno_t err = llhttp_execute(&st_->parser, p, n);
+  if (err == HPE_OK) {
+    *consumed = n;
+    return Status::NeedMore;
+  }
+  if (err == HPE_PAUSED) {
+    *consumed = static_cast<size_t>(llhttp_get_error_pos(&st_->parser) - p);
+    if (pause_for_head_) {
+      pause_for_head_ = false;
+      return complete_ ? Status::Complete : Status::HeadComplete;
+    }
+    if (complete_) return Status::Complete;
+  }
+  if (!failed_) {
+    std::string msg = "malformed response: ";
+    msg += llhttp_get_error_reason(&st_->parser);
+    fail(msg);
+  }
+  return Status::Error;
+}
+
+ResponseCodec::Status ResponseCodec::finish() {
+  if (complete_) return Status::Complete;
+  if (failed_) return Status::Error;
+  if (head_done_ && llhttp_message_needs_eof(&st_->parser)) {
+    if (llhttp_get_errno(&st_->parser) == HPE_PAUSED) llhttp_resume(&st_->parser);
+    llhttp_errno_t err = llhttp_finish(&st_->parser);
+    if ((err == HPE_OK || err == HPE_PAUSED) && complete_) return Status::Complete;
+  }
+  fail(head_done_ ? "the target closed the connection before the response body was complete"
+                  : "the target closed the connection before sending a complete response head");
+  return Status::Error;
+}
+
+}  // namespace dechunkd

@@ -1,0 +1,139 @@
+// The HTTP/1.1 codec around llhttp (the only module that includes llhttp.h).
+// RequestCodec decodes a request body (Content-Length or chunked) after the strict head parser
+// accepted the head; ResponseCodec parses a target's response. Both hand out body bytes as
+// pointers into the bytes being fed (zero-copy: the caller turns them into Spans).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "http/errors.hpp"
+
+namespace dechunkd {
+
+struct LlhttpState;  // hides llhttp_t
+
+// Receives decoded body bytes. Returning false stops decoding (the receiver then sets the error
+// through RequestCodec::fail or ResponseCodec::fail).
+class BodySink {
+ public:
+  virtual ~BodySink() = default;
+  virtual bool on_body_bytes(const char* p, size_t n) = 0;
+};
+
+struct CodecLimits {
+  uint64_t max_body_size = 0;          // de-chunked bytes
+  uint64_t head_bytes_used = 0;        // the head's size: trailers count toward max_header_size
+  uint64_t max_header_size = 0;
+  uint64_t header_fields_used = 0;     // the head's field count: trailers count toward max_headers
+  uint64_t max_headers = 0;
+  bool keep_trailers = false;          // store trailer fields (trailers: merge)
+};
+
+class RequestCodec {
+ public:
+  enum class Status { NeedMore, Complete, Error };
+
+  RequestCodec();
+  ~RequestCodec();
+  RequestCodec(const RequestCodec&) = delete;
+  RequestCodec& operator=(const RequestCodec&) = delete;
+
+  // Starts a message with its complete, already validated head. Status Error if llhttp disagrees.
+  Status begin(std::string_view head, const CodecLimits& limits, BodySink* sink);
+  // Feeds body bytes; *consumed tells how many belong to this message (the rest start the next
+  // request). Complete once the whole body (and trailers) arrived.
+  Status feed(const char* p, size_t n, size_t* consumed);
+
+  void fail(ErrorKind kind, std::string_view message);
+  ErrorKind error_kind() const { return error_kind_; }
+  const std::string& error_message() const { return error_message_; }
+  bool complete() const { return complete_; }
+  uint64_t body_bytes() const { return body_bytes_; }
+  // Trailer fields (name, value) when limits.keep_trailers.
+  const std::vector<std::pair<std::string, std::string>>& trailers() const { return trailers_; }
+
+ private:
+  friend struct RequestCallbacks;
+  Status run(const char* p, size_t n, size_t* consumed);
+
+  std::unique_ptr<LlhttpState> st_;
+  BodySink* sink_ = nullptr;
+  CodecLimits limits_;
+  bool in_trailers_ = false;
+  bool complete_ = false;
+  bool failed_ = false;
+  uint64_t body_bytes_ = 0;
+  uint64_t ext_bytes_ = 0;             // chunk extension bytes on the current chunk line
+  uint64_t trailer_bytes_ = 0;
+  uint64_t trailer_fields_ = 0;
+  bool field_seen_ = false;            // a name callback came for the current trailer line
+  std::string cur_name_, cur_value_;
+  std::vector<std::pair<std::string, std::string>> trailers_;
+  ErrorKind error_kind_ = ErrorKind::BadRequest;
+  std::string error_message_;
+};
+
+// A target's response. The caller feeds bytes as they arrive; the head is reported once
+// (1xx interim responses are skipped), then body bytes, then completion.
+class ResponseCodec {
+ public:
+  enum class Status { NeedMore, HeadComplete, Complete, Error };
+
+  ResponseCodec();
+  ~ResponseCodec();
+  ResponseCodec(const ResponseCodec&) = delete;
+  ResponseCodec& operator=(const ResponseCodec&) = delete;
+
+  // head_request: the request was HEAD, so the response has no body whatever it declares.
+  void reset(bool head_request, BodySink* sink);
+  // Feeds bytes. Stops after the head (HeadComplete: call feed again with the rest) and at
+  // message end (Complete; *consumed says how much belonged to the response).
+  Status feed(const char* p, size_t n, size_t* consumed);
+  // The target closed the connection: completes a close-delimited body, else Error.
+  Status finish();
+
+  void fail(std::string_view message);
+  const std::string& error_message() const { return error_message_; }
+
+  int status() const { return status_; }
+  const std::string& reason() const { return reason_; }
+  const std::vector<std::pair<std::string, std::string>>& headers() const { return headers_; }
+  bool keep_alive() const { return keep_alive_; }
+  // How the body is framed on the wire.
+  bool chunked() const { return chunked_; }
+  bool has_content_length() const { return has_content_length_; }
+  uint64_t content_length() const { return content_length_; }
+  bool no_body() const { return no_body_; }          // HEAD, 1xx, 204, 304
+  bool close_delimited() const { return !no_body_ && !chunked_ && !has_content_length_; }
+  bool any_byte_seen() const { return any_byte_; }
+
+ private:
+  friend struct ResponseCallbacks;
+  std::unique_ptr<LlhttpState> st_;
+  BodySink* sink_ = nullptr;
+  bool head_request_ = false;
+  bool head_done_ = false;
+  bool complete_ = false;
+  bool failed_ = false;
+  bool any_byte_ = false;
+  bool pause_for_head_ = false;  // set by on_headers_complete for a final response
+  int status_ = 0;
+  std::string reason_;
+  std::string cur_name_, cur_value_;
+  bool in_value_ = false;
+  std::vector<std::pair<std::string, std::string>> headers_;
+  bool keep_alive_ = false;
+  bool chunked_ = false;
+  bool has_content_length_ = false;
+  uint64_t content_length_ = 0;
+  bool no_body_ = false;
+  std::string error_message_;
+};
+
+}  // namespace dechunkd

@@ -1,0 +1,108 @@
+// Read blocks and the output queue: the zero-copy body path (STYLE 5, PERF-NOTES).
+// Sockets are read into pooled Blocks; a request body is kept as Spans that reference those
+// blocks, and the outbound write hands the same bytes to the kernel with writev/sendfile.
+// A BlockPool belongs to one worker thread; refcounts are not atomic.
+#pragma once
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <vector>
+
+namespace dechunkd {
+
+class BlockPool;
+
+// A fixed-size read buffer. `used` grows as bytes are read into it; bytes below `used` never
+// change, so spans into them stay valid while a reference is held.
+struct Block {
+  static constexpr size_t kSize = 64 * 1024;
+  uint32_t refs = 0;
+  size_t used = 0;
+  BlockPool* pool = nullptr;
+  char data[kSize];
+  size_t free_space() const { return kSize - used; }
+};
+
+// Intrusive shared reference to a Block; returns it to its pool when the last one goes.
+class BlockRef {
+ public:
+  BlockRef() = default;
+  explicit BlockRef(Block* b) : b_(b) { if (b_) ++b_->refs; }
+  BlockRef(const BlockRef& o) : b_(o.b_) { if (b_) ++b_->refs; }
+  BlockRef(BlockRef&& o) noexcept : b_(o.b_) { o.b_ = nullptr; }
+  BlockRef& operator=(BlockRef o) noexcept { std::swap(b_, o.b_); return *this; }
+  ~BlockRef() { release(); }
+  Block* get() const { return b_; }
+  Block* operator->() const { return b_; }
+  explicit operator bool() const { return b_ != nullptr; }
+  void reset() { release(); b_ = nullptr; }
+
+ private:
+  void release();
+  Block* b_ = nullptr;
+};
+
+// Per-worker free list of blocks, so large bodies do not make glibc return and re-fault memory.
+class BlockPool {
+ public:
+  explicit BlockPool(size_t max_free = 64) : max_free_(max_free) {}
+  ~BlockPool();
+  BlockPool(const BlockPool&) = delete;
+  BlockPool& operator=(const BlockPool&) = delete;
+  BlockRef acquire();
+  void give_back(Block* b);
+  size_t outstanding() const { return outstanding_; }
+
+ private:
+  std::vector<Block*> free_;
+  size_t max_free_;
+  size_t outstanding_ = 0;  // blocks handed out and not yet returned
+};
+
+inline void BlockRef::release() {
+  if (b_ && --b_->refs == 0) b_->pool->give_back(b_);
+}
+
+// A run of bytes inside a block.
+struct Span {
+  BlockRef block;
+  const char* ptr = nullptr;
+  size_t len = 0;
+};
+
+enum class IoStatus { Done, WouldBlock, Closed, Error };
+
+// Bytes waiting to be written to one socket, in order: owned strings (heads, chunk framing),
+// spans of read blocks (body bytes), and file ranges (spilled bodies, sent with sendfile).
+class OutQueue {
+ public:
+  void add(std::string&& s);
+  void add_copy(const char* p, size_t n);
+  void add_span(const Span& s);
+  void add_file(int fd, off_t offset, uint64_t len);  // fd must stay open until written
+  size_t pending() const { return bytes_; }
+  bool empty() const { return pieces_.empty(); }
+  void clear();
+  // Writes as much as the socket takes. Done when empty; WouldBlock when the kernel is full.
+  IoStatus flush(int fd, int* err);
+
+ private:
+  struct Piece {
+    enum Kind { Mem, Ref, File } kind = Mem;
+    std::string mem;       // Mem
+    BlockRef block;        // Ref
+    const char* ptr = nullptr;
+    size_t len = 0;        // Mem/Ref: remaining bytes from ptr (Mem: offset via ptr)
+    int fd = -1;           // File
+    off_t offset = 0;
+    uint64_t flen = 0;     // File: remaining
+  };
+  std::deque<Piece> pieces_;
+  size_t bytes_ = 0;
+};
+
+}  // namespace dechunkd

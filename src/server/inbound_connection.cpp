@@ -1,0 +1,800 @@
+#include "server/inbound_connection.hpp"
+
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+
+#include "log/log.hpp"
+#include "net/socket.hpp"
+#include "proxy/outbound.hpp"
+#include "upstream/upstream.hpp"
+
+namespace dechunkd {
+
+using std::chrono::milliseconds;
+
+namespace {
+constexpr size_t kHighWatermark = 1024 * 1024;  // stop reading the target above this
+constexpr size_t kLowWatermark = 256 * 1024;    // read it again below this
+constexpr size_t kSpillBatch = 256 * 1024;      // spilled bodies are written in batches
+constexpr milliseconds kLinger{2000};           // drain input this long before the final close
+constexpr int kMaxReadsPerEvent = 16;           // fairness between connections
+
+void append_uint(std::string& out, uint64_t v) {
+  char buf[24];
+  auto r = std::to_chars(buf, buf + sizeof buf, v);
+  out.append(buf, r.ptr);
+}
+
+void append_hex(std::string& out, uint64_t v) {
+  char buf[24];
+  auto r = std::to_chars(buf, buf + sizeof buf, v, 16);
+  out.append(buf, r.ptr);
+}
+
+// Response fields a gateway never relays (hop-by-hop), plus those it writes itself.
+bool skip_response_field(std::string_view name, const std::vector<std::string_view>& connection_tokens) {
+  static constexpr std::string_view kSkip[] = {"connection", "keep-alive", "proxy-connection", "te",
+                                               "trailer", "transfer-encoding", "upgrade", "content-length",
+                                               "x-request-id"};
+  for (auto s : kSkip) {
+    if (iequals(name, s)) return true;
+  }
+  for (auto t : connection_tokens) {
+    if (iequals(name, t)) return true;
+  }
+  return false;
+}
+
+void split_tokens(std::string_view v, std::vector<std::string_view>& out) {
+  size_t i = 0;
+  while (i <= v.size()) {
+    size_t j = v.find(',', i);
+    if (j == std::string_view::npos) j = v.size();
+    std::string_view t = v.substr(i, j - i);
+    while (!t.empty() && (t.front() == ' ' || t.front() == '\t')) t.remove_prefix(1);
+    while (!t.empty() && (t.back() == ' ' || t.back() == '\t')) t.remove_suffix(1);
+    if (!t.empty()) out.push_back(t);
+    i = j + 1;
+  }
+}
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// RequestBody
+
+RequestBody::~RequestBody() {
+  if (spill_fd >= 0) ::close(spill_fd);
+}
+
+void RequestBody::clear() {
+  spans.clear();
+  size = spilled = in_memory = 0;
+  if (spill_fd >= 0) ::close(spill_fd);
+  spill_fd = -1;
+}
+
+void RequestBody::add_to(OutQueue& q) const {
+  if (spill_fd >= 0) q.add_file(spill_fd, 0, spilled);
+  for (const Span& s : spans) q.add_span(s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Life cycle
+
+InboundConnection::InboundConnection(Worker& worker, int fd, const sockaddr_storage& peer,
+                                     const ListenerSocket& listener)
+    : worker_(worker), fd_(fd), listener_(listener) {
+  const auto* sa = reinterpret_cast<const sockaddr*>(&peer);
+  remote_ = format_sockaddr(sa);
+  ctx_.client_ip = format_ip(sa);
+  ctx_.runtime = worker_.runtime();
+  read_ev_.reset(event_new(worker_.base(), fd_, EV_READ | EV_PERSIST, on_read, this));
+  write_ev_.reset(event_new(worker_.base(), fd_, EV_WRITE | EV_PERSIST, on_write, this));
+  timer_ev_.reset(event_new(worker_.base(), -1, 0, on_timer, this));
+}
+
+InboundConnection::~InboundConnection() {
+  call_.reset();
+  read_ev_.reset();
+  write_ev_.reset();
+  timer_ev_.reset();
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void InboundConnection::set_state(State s) {
+  // Legal moves: ReadingHead -> ReadingBody -> Handling -> ReadingHead (next request);
+  // any -> Closing -> Closed; any -> Closed.
+  state_ = s;
+}
+
+void InboundConnection::start() {
+  set_state(State::ReadingHead);
+  arm_timer(config().timeouts.header);  // for the first request the header timer starts at accept
+  event_add(read_ev_.get(), nullptr);
+  read_enabled_ = true;
+}
+
+void InboundConnection::reject_overloaded() {
+  ctx_.request_id = worker_.new_request_id();
+  close_after_ = true;
+  send_error(ErrorKind::Overloaded, "the gateway has reached limits.max_connections; retry shortly", true);
+}
+
+bool InboundConnection::idle() const { return state_ == State::ReadingHead && !request_bytes_seen_ && pending_.len == 0; }
+
+bool InboundConnection::has_request_in_progress() const {
+  return state_ == State::ReadingBody || state_ == State::Handling || (state_ == State::ReadingHead && request_bytes_seen_);
+}
+
+void InboundConnection::drain() {
+  draining_ = true;
+  close_after_ = true;
+  if (idle()) close_now();
+}
+
+void InboundConnection::abort() {
+  if (has_request_in_progress()) worker_.shared().cut_requests.fetch_add(1, std::memory_order_relaxed);
+  close_now();
+}
+
+void InboundConnection::arm_timer(milliseconds d) { dechunkd::arm_timer(timer_ev_.get(), d); }
+
+bool InboundConnection::will_close() const { return close_after_ || draining_; }
+
+void InboundConnection::close_now() {
+  if (state_ == State::Closed) return;
+  set_state(State::Closed);
+  if (call_) call_->cancel();
+  event_del(read_ev_.get());
+  event_del(write_ev_.get());
+  event_del(timer_ev_.get());
+  if (fd_ >= 0) {
+    ::close(fd_);
+    fd_ = -1;
+  }
+  worker_.connection_closed(this);
+}
+
+void InboundConnection::begin_close() {
+  if (state_ == State::Closing || state_ == State::Closed) return;
+  set_state(State::Closing);
+  if (call_) call_->cancel();
+  if (!out_.empty()) {
+    // Finish writing the answer first (bounded by timeouts.send), then linger.
+    arm_timer(config().timeouts.send);
+    flush_output();
+    return;
+  }
+  start_linger();
+}
+
+void InboundConnection::start_linger() {
+  // Lingering close: stop sending, read and drop what the client still sends for a short while,
+  // so it reads our answer instead of a reset.
+  closing_shutdown_ = true;
+  ::shutdown(fd_, SHUT_WR);
+  if (!read_enabled_) {
+    event_add(read_ev_.get(), nullptr);
+    read_enabled_ = true;
+  }
+  arm_timer(kLinger);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events
+
+void InboundConnection::on_read(evutil_socket_t, short, void* arg) {
+  static_cast<InboundConnection*>(arg)->handle_readable();
+}
+
+void InboundConnection::on_write(evutil_socket_t, short, void* arg) {
+  static_cast<InboundConnection*>(arg)->handle_writable();
+}
+
+void InboundConnection::on_timer(evutil_socket_t, short, void* arg) {
+  static_cast<InboundConnection*>(arg)->handle_timeout();
+}
+
+void InboundConnection::handle_timeout() {
+  switch (state_) {
+    case State::ReadingHead:
+      if (!request_bytes_seen_) {
+        close_now();  // idle keep-alive or a connection that never sent a byte: silently
+      } else {
+        send_error(ErrorKind::RequestTimeout, "the request head did not arrive within timeouts.header", true);
+      }
+      break;
+    case State::ReadingBody:
+      send_error(ErrorKind::RequestTimeout, "the request body did not arrive within timeouts.body", true);
+      break;
+    case State::Handling:
+      log_info("remote=" + remote_ + " request_id=" + ctx_.request_id +
+               ": the client stopped reading the response (timeouts.send); closing");
+      close_now();
+      break;
+    case State::Closing:
+    case State::Closed:
+      close_now();
+      break;
+  }
+}
+
+void InboundConnection::handle_readable() {
+  if (pending_.len > 0 && (state_ == State::ReadingHead || state_ == State::ReadingBody)) {
+    Span s = std::move(pending_);
+    pending_ = Span{};
+    process(s.block, s.ptr, s.len);
+    if (state_ != State::ReadingHead && state_ != State::ReadingBody) return;
+  }
+  for (int i = 0; i < kMaxReadsPerEvent; ++i) {
+    if (state_ == State::Closed) return;
+    if (state_ == State::Closing) {
+      char scratch[16384];
+      ssize_t n = ::read(fd_, scratch, sizeof scratch);
+      if (n > 0) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+      if (closing_shutdown_) close_now();
+      else {
+        event_del(read_ev_.get());  // still writing the answer; the peer stopped sending
+        read_enabled_ = false;
+      }
+      return;
+    }
+    if (state_ == State::Handling) {
+      // Pipelined bytes wait in the kernel until this response is written.
+      event_del(read_ev_.get());
+      read_enabled_ = false;
+      return;
+    }
+    if (!cur_block_ || cur_block_->free_space() < 1024) cur_block_ = worker_.blocks().acquire();
+    Block* b = cur_block_.get();
+    ssize_t n = ::read(fd_, b->data + b->used, b->free_space());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) break;
+      close_now();  // reset by the client
+      return;
+    }
+    if (n == 0) {
+      peer_eof_ = true;
+      if (state_ == State::ReadingHead && !request_bytes_seen_) {
+        close_now();
+      } else {
+        // The client closed in the middle of a request: nobody is left to answer.
+        if (has_request_in_progress()) {
+          log_debug("remote=" + remote_ + ": the client closed the connection before the request was complete");
+        }
+        close_now();
+      }
+      return;
+    }
+    const char* p = b->data + b->used;
+    b->used += static_cast<size_t>(n);
+    process(cur_block_, p, static_cast<size_t>(n));
+    if (state_ != State::ReadingHead && state_ != State::ReadingBody) break;
+  }
+  // Between requests nothing needs the read block: give it back (idle connections hold none).
+  if (state_ == State::ReadingHead && pending_.len == 0) cur_block_.reset();
+}
+
+void InboundConnection::process(BlockRef block, const char* p, size_t n) {
+  while (n > 0) {
+    size_t used = 0;
+    if (state_ == State::ReadingHead) {
+      if (!process_head_bytes(block, p, n, &used)) return;
+    } else if (state_ == State::ReadingBody) {
+      if (!process_body_bytes(block, p, n, &used)) return;
+    } else if (state_ == State::Handling) {
+      pending_ = Span{block, p, n};  // the next pipelined request
+      return;
+    } else {
+      return;  // Closing: dropped
+    }
+    p += used;
+    n -= used;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request side
+
+bool InboundConnection::process_head_bytes(const BlockRef&, const char* p, size_t n, size_t* used) {
+  if (!request_bytes_seen_) {
+    request_bytes_seen_ = true;
+    start_ = std::chrono::steady_clock::now();
+    start_wall_ms_ = wall_clock_ms();
+    if (!first_request_) arm_timer(config().timeouts.header);
+  }
+  size_t old = head_buf_.size();
+  head_buf_.append(p, n);
+  size_t head_len = 0;
+  ErrorKind err = ErrorKind::BadRequest;
+  HeadProgress prog = scan_request_head(head_buf_, ctx_.runtime->head_limits, &head_len, &err);
+  if (prog == HeadProgress::NeedMore) {
+    *used = n;
+    return true;
+  }
+  if (prog == HeadProgress::Error) {
+    ctx_.request_id = worker_.new_request_id();
+    send_error(err, error_default_message(err), true);
+    return false;
+  }
+  // Bytes past the head belong to the body (or the next request): leave them in the block.
+  *used = head_len - old;
+  head_buf_.resize(head_len);
+  head_complete();
+  return state_ == State::ReadingHead || state_ == State::ReadingBody;
+}
+
+void InboundConnection::head_complete() {
+  RequestHead& head = ctx_.head;
+  auto bad = parse_request_head(head_buf_, ctx_.runtime->head_limits, &head);
+  // A request id is needed for any answer, so settle it first.
+  ctx_.request_id_generated = true;
+  if (!bad) {
+    for (const HeaderField& f : head.fields) {
+      if (iequals(f.name, "x-request-id") && !f.value.empty()) {
+        ctx_.request_id.assign(f.value);
+        ctx_.request_id_generated = false;
+        break;
+      }
+    }
+  }
+  if (ctx_.request_id_generated) ctx_.request_id = worker_.new_request_id();
+  if (bad) {
+    send_error(bad->kind, bad->message, true);
+    return;
+  }
+  if (!head.keep_alive) close_after_ = true;
+  chunked_in_ = head.framing == Framing::Chunked;
+
+  // Route-dependent checks, in SPEC 11 order: 404, 403, 405, 401, 417, 413.
+  RouteMatch m = ctx_.runtime->router.match(head.host, head.path, head.method);
+  if (!m.route) {
+    if (!m.allow.empty()) {
+      allow_ = std::move(m.allow);
+      send_error(ErrorKind::MethodNotAllowed, "the route does not accept this method", true);
+    } else {
+      send_error(ErrorKind::NoRoute, "no route matches this request", true);
+    }
+    return;
+  }
+  ctx_.route = m.route;
+  ctx_.remainder = m.remainder;
+  if (head.expect_other) {
+    send_error(ErrorKind::ExpectationFailed, "only 'Expect: 100-continue' is supported", true);
+    return;
+  }
+  uint64_t limit = m.route->body_limit(config());
+  if (head.framing == Framing::ContentLength && head.content_length > limit) {
+    send_error(ErrorKind::BodyTooLarge, "the request body exceeds the route's max_body_size", true);
+    return;
+  }
+
+  CodecLimits lim;
+  lim.max_body_size = limit;
+  lim.head_bytes_used = head.raw.size();
+  lim.max_header_size = config().limits.max_header_size;
+  lim.header_fields_used = head.fields.size();
+  lim.max_headers = config().limits.max_headers;
+  lim.keep_trailers = m.route->trailers == TrailerMode::Merge;
+  if (codec_.begin(head.raw, lim, this) == RequestCodec::Status::Error) {
+    send_error(codec_.error_kind(), codec_.error_message(), true);
+    return;
+  }
+  if (head.expect_continue && head.version_minor == 1 && head.framing != Framing::None && !codec_.complete()) {
+    out_.add(std::string("HTTP/1.1 100 Continue\r\n\r\n"));
+    flush_output();
+    if (state_ == State::Closed) return;
+  }
+  if (codec_.complete()) {
+    body_complete();
+    return;
+  }
+  set_state(State::ReadingBody);
+  arm_timer(config().timeouts.body);
+}
+
+bool InboundConnection::process_body_bytes(const BlockRef& block, const char* p, size_t n, size_t* used) {
+  feed_block_ = block;
+  size_t consumed = 0;
+  RequestCodec::Status st = codec_.feed(p, n, &consumed);
+  feed_block_.reset();
+  *used = consumed;
+  if (st == RequestCodec::Status::Error) {
+    send_error(codec_.error_kind(), codec_.error_message(), true);
+    return false;
+  }
+  if (st == RequestCodec::Status::Complete) {
+    if (consumed < n) pending_ = Span{block, p + consumed, n - consumed};
+    *used = n;
+    body_complete();
+    return false;
+  }
+  return true;
+}
+
+bool InboundConnection::on_body_bytes(const char* p, size_t n) {
+  RequestBody& body = ctx_.body;
+  body.spans.push_back(Span{feed_block_, p, n});
+  body.size += n;
+  body.in_memory += n;
+  const char* why = nullptr;
+  if ((body.spill_fd < 0 && body.in_memory > config().limits.memory_buffer) ||
+      (body.spill_fd >= 0 && body.in_memory >= kSpillBatch)) {
+    if (!spill(&why)) {
+      codec_.fail(ErrorKind::InternalError, why);
+      return false;
+    }
+  }
+  return true;
+}
+
+// Moves the in-memory spans to the request's temp file in storage.dir (unlinked: nothing is
+// left behind if the process dies).
+bool InboundConnection::spill(const char** why) {
+  RequestBody& body = ctx_.body;
+  if (body.spill_fd < 0) {
+    const std::string& dir = config().storage.dir;
+    body.spill_fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (body.spill_fd < 0) {
+      std::string tmpl = dir + "/.spill-XXXXXX";
+      body.spill_fd = ::mkostemp(tmpl.data(), O_CLOEXEC);
+      if (body.spill_fd >= 0) ::unlink(tmpl.c_str());
+    }
+    if (body.spill_fd < 0) {
+      log_error("route=" + ctx_.route->name + " request_id=" + ctx_.request_id +
+                ": cannot create a temp file in storage.dir " + dir + ": " + std::strerror(errno) +
+                " (check that the directory exists and is writable by the dechunkd user)");
+      *why = "the gateway could not store the request body";
+      return false;
+    }
+  }
+  size_t i = 0;
+  while (i < body.spans.size()) {
+    iovec iov[64];
+    int cnt = 0;
+    for (size_t j = i; j < body.spans.size() && cnt < 64; ++j, ++cnt) {
+      iov[cnt].iov_base = const_cast<char*>(body.spans[j].ptr);
+      iov[cnt].iov_len = body.spans[j].len;
+    }
+    ssize_t w = ::pwritev(body.spill_fd, iov, cnt, static_cast<off_t>(body.spilled));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      log_error("route=" + ctx_.route->name + " request_id=" + ctx_.request_id +
+                ": writing the request body to storage.dir failed: " + std::strerror(errno) + " (is the disk full?)");
+      *why = "the gateway could not store the request body";
+      return false;
+    }
+    body.spilled += static_cast<uint64_t>(w);
+    size_t left = static_cast<size_t>(w);
+    while (left > 0 && i < body.spans.size()) {
+      Span& s = body.spans[i];
+      if (left >= s.len) {
+        left -= s.len;
+        s.block.reset();
+        ++i;
+      } else {
+        s.ptr += left;
+        s.len -= left;
+        left = 0;
+      }
+    }
+  }
+  body.spans.clear();
+  body.in_memory = 0;
+  return true;
+}
+
+void InboundConnection::body_complete() {
+  const char* why = nullptr;
+  if (ctx_.body.spill_fd >= 0 && !ctx_.body.spans.empty() && !spill(&why)) {
+    send_error(ErrorKind::InternalError, why, true);
+    return;
+  }
+  ctx_.trailers = codec_.trailers();
+  set_state(State::Handling);
+  event_del(timer_ev_.get());
+  dispatch();
+}
+
+void InboundConnection::dispatch() {
+  switch (ctx_.route->mode) {
+    case RouteMode::Echo:
+      serve_echo();
+      return;
+    case RouteMode::Proxy:
+      call_ = std::make_unique<ProxyCall>(worker_, *this, ctx_, ctx_.route->targets.front());
+      call_->start();
+      return;
+    case RouteMode::Queue:
+      send_error(ErrorKind::InternalError, "queue mode is not available in this version", false);
+      return;
+  }
+}
+
+void InboundConnection::serve_echo() {
+  std::vector<HeaderField> trailer_fields;
+  for (auto& t : ctx_.trailers) trailer_fields.push_back(HeaderField{t.first, t.second});
+  OutboundInput in;
+  in.head = &ctx_.head;
+  in.route = ctx_.route;
+  in.target = nullptr;
+  in.request_target = ctx_.head.target;
+  in.client_addr = ctx_.client_ip;
+  in.request_id = ctx_.request_id;
+  in.request_id_generated = ctx_.request_id_generated;
+  in.trailers = &trailer_fields;
+  in.body_length = ctx_.body.size;
+  std::string echo;
+  build_outbound_head(in, echo);
+  status_ = 200;
+  std::string h = "HTTP/1.1 200 OK\r\nContent-Type: message/http\r\nContent-Length: ";
+  append_uint(h, echo.size() + ctx_.body.size);
+  h += "\r\n";
+  append_common_headers(h, will_close());
+  out_.add(std::move(h));
+  if (ctx_.head.method != "HEAD") {
+    out_.add(std::move(echo));
+    ctx_.body.add_to(out_);
+  }
+  response_started_ = true;
+  finish_response();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response side
+
+void InboundConnection::append_common_headers(std::string& h, bool close) {
+  h += "X-Request-Id: ";
+  h += ctx_.request_id;
+  h += "\r\n";
+  if (close) {
+    h += "Connection: close\r\n";
+  } else if (ctx_.head.version_minor == 0) {
+    h += "Connection: keep-alive\r\n";
+  }
+  h += "\r\n";
+}
+
+void InboundConnection::set_target_status(int status, int64_t ms) {
+  target_status_ = status;
+  target_ms_ = ms;
+}
+
+void InboundConnection::relay_head(const ResponseCodec& resp) {
+  if (state_ != State::Handling) return;
+  status_ = resp.status();
+  std::vector<std::string_view> conn_tokens;
+  for (auto& f : resp.headers()) {
+    if (iequals(f.first, "connection")) split_tokens(f.second, conn_tokens);
+  }
+  std::string h;
+  h.reserve(256);
+  h += "HTTP/1.1 ";
+  append_uint(h, static_cast<uint64_t>(resp.status()));
+  h += ' ';
+  h += resp.reason().empty() ? std::string(status_reason(resp.status())) : resp.reason();
+  h += "\r\n";
+  for (auto& f : resp.headers()) {
+    if (skip_response_field(f.first, conn_tokens)) continue;
+    h += f.first;
+    h += ": ";
+    h += f.second;
+    h += "\r\n";
+  }
+  chunked_out_ = false;
+  bool head_req = ctx_.head.method == "HEAD";
+  if (resp.no_body() || head_req) {
+    if (resp.has_content_length()) {
+      h += "Content-Length: ";
+      append_uint(h, resp.content_length());
+      h += "\r\n";
+    }
+  } else if (resp.has_content_length()) {
+    h += "Content-Length: ";
+    append_uint(h, resp.content_length());
+    h += "\r\n";
+  } else if (ctx_.head.version_minor == 1) {
+    h += "Transfer-Encoding: chunked\r\n";  // responses are streamed, never de-chunked (SPEC 10)
+    chunked_out_ = true;
+  } else {
+    close_after_ = true;  // an HTTP/1.0 client gets a close-delimited body
+  }
+  append_common_headers(h, will_close());
+  out_.add(std::move(h));
+  response_started_ = true;
+  flush_output();
+}
+
+void InboundConnection::relay_body(const Span& span) {
+  if (state_ != State::Handling || span.len == 0) return;
+  if (chunked_out_) {
+    std::string line;
+    append_hex(line, span.len);
+    line += "\r\n";
+    out_.add(std::move(line));
+    out_.add_span(span);
+    out_.add(std::string("\r\n"));
+  } else {
+    out_.add_span(span);
+  }
+  if (out_.pending() >= 64 * 1024) flush_output();
+}
+
+bool InboundConnection::client_backlogged() const { return out_.pending() > kHighWatermark; }
+
+void InboundConnection::relay_end() {
+  if (state_ != State::Handling) return;
+  if (chunked_out_) out_.add(std::string("0\r\n\r\n"));
+  finish_response();
+}
+
+void InboundConnection::upstream_failed(ErrorKind kind, const std::string& reason) {
+  if (state_ != State::Handling) return;
+  if (response_started_) {
+    // Part of the response is already on its way: the only honest signal left is a cut.
+    abort();
+    return;
+  }
+  std::string msg(error_default_message(kind));
+  msg += ": ";
+  msg += reason;
+  send_error(kind, msg, false);
+}
+
+void InboundConnection::send_error(ErrorKind kind, std::string_view message, bool close) {
+  if (state_ == State::Closed || state_ == State::Closing) return;
+  if (close) close_after_ = true;
+  if (ctx_.request_id.empty()) ctx_.request_id = worker_.new_request_id();
+  status_ = error_status(kind);
+  std::string body = error_body(kind, message, ctx_.request_id);
+  std::string h;
+  h.reserve(256 + body.size());
+  h += "HTTP/1.1 ";
+  append_uint(h, static_cast<uint64_t>(status_));
+  h += ' ';
+  h += error_reason(kind);
+  h += "\r\nContent-Type: application/json\r\nContent-Length: ";
+  append_uint(h, body.size());
+  h += "\r\n";
+  if (kind == ErrorKind::MethodNotAllowed) {
+    h += "Allow: ";
+    h += allow_;
+    h += "\r\n";
+  }
+  if (kind == ErrorKind::Overloaded) h += "Retry-After: 1\r\n";
+  append_common_headers(h, will_close());
+  h += body;
+  if (call_) call_->cancel();
+  out_.add(std::move(h));
+  response_started_ = true;
+  if (state_ == State::ReadingHead || state_ == State::ReadingBody) {
+    // Answered before the request was read: the rest of it is never read (SPEC 11).
+    set_state(State::Handling);
+    event_del(timer_ev_.get());
+  }
+  finish_response();
+}
+
+void InboundConnection::finish_response() {
+  response_complete_ = true;
+  flush_output();
+}
+
+void InboundConnection::handle_writable() { flush_output(); }
+
+void InboundConnection::flush_output() {
+  if (state_ == State::Closed) return;
+  int err = 0;
+  size_t before = out_.pending();
+  IoStatus st = out_.flush(fd_, &err);
+  if (st == IoStatus::Error || st == IoStatus::Closed) {
+    if (has_request_in_progress() && !response_complete_) {
+      worker_.shared().cut_requests.fetch_add(0, std::memory_order_relaxed);
+    }
+    close_now();
+    return;
+  }
+  if (st == IoStatus::WouldBlock) {
+    if (!write_enabled_) {
+      event_add(write_ev_.get(), nullptr);
+      write_enabled_ = true;
+    }
+    // timeouts.send: restarted whenever the client takes bytes.
+    if (out_.pending() != before || !event_pending(timer_ev_.get(), EV_TIMEOUT, nullptr)) {
+      arm_timer(config().timeouts.send);
+    }
+    if (call_ && out_.pending() < kLowWatermark) call_->client_drained();
+    return;
+  }
+  if (write_enabled_) {
+    event_del(write_ev_.get());
+    write_enabled_ = false;
+  }
+  if (call_) call_->client_drained();
+  if (state_ == State::Handling) {
+    event_del(timer_ev_.get());
+    if (response_complete_) request_done();
+  } else if (state_ == State::Closing && !closing_shutdown_) {
+    start_linger();
+  }
+}
+
+void InboundConnection::request_done() {
+  log_access();
+  if (call_) worker_.defer_delete(std::move(call_));
+  if (close_after_ || draining_ || peer_eof_) {
+    begin_close();
+    return;
+  }
+  reset_request();
+  set_state(State::ReadingHead);
+  if (!read_enabled_) {
+    event_add(read_ev_.get(), nullptr);
+    read_enabled_ = true;
+  }
+  if (pending_.len > 0) {
+    // The next pipelined request is already here: handle it from the loop, not recursively.
+    arm_timer(config().timeouts.header);
+    event_active(read_ev_.get(), EV_READ, 0);
+  } else {
+    cur_block_.reset();
+    arm_timer(config().timeouts.idle);
+  }
+}
+
+void InboundConnection::reset_request() {
+  first_request_ = false;
+  request_bytes_seen_ = false;
+  head_buf_.clear();
+  if (head_buf_.capacity() > 8192) head_buf_.shrink_to_fit();
+  ctx_.head = RequestHead{};
+  ctx_.route = nullptr;
+  ctx_.remainder = {};
+  ctx_.request_id.clear();
+  ctx_.request_id_generated = false;
+  ctx_.body.clear();
+  ctx_.trailers.clear();
+  ctx_.runtime = worker_.runtime();  // a reload applies from the next request on
+  chunked_in_ = false;
+  response_started_ = response_complete_ = chunked_out_ = false;
+  status_ = 0;
+  allow_.clear();
+  logged_ = false;
+  target_status_ = -1;
+  target_ms_ = -1;
+}
+
+void InboundConnection::log_access() {
+  if (logged_ || status_ == 0) return;
+  logged_ = true;
+  AccessLog& log = worker_.access_log();
+  if (!log.enabled()) return;
+  if (!request_bytes_seen_) {
+    start_ = std::chrono::steady_clock::now();
+    start_wall_ms_ = wall_clock_ms();
+  }
+  AccessRecord r;
+  r.time_ms = start_wall_ms_;
+  r.request_id = ctx_.request_id;
+  r.remote = remote_;
+  r.route = ctx_.route ? std::string_view(ctx_.route->name) : std::string_view("_unmatched");
+  r.method = ctx_.head.method;
+  r.path = ctx_.head.path;
+  r.status = status_;
+  r.bytes_in = ctx_.body.size;
+  r.chunked = chunked_in_;
+  r.target_status = target_status_;
+  r.target_ms = target_ms_;
+  r.duration_ms = std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - start_).count();
+  log.append(r);
+}
+
+}  // namespace dechunkd

@@ -1,0 +1,185 @@
+#include "server/server.hpp"
+
+#include <event2/thread.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "log/log.hpp"
+#include "net/socket.hpp"
+#include "server/runtime.hpp"
+
+namespace dechunkd {
+
+Server::Server(std::shared_ptr<const Config> config) : config_(std::move(config)) {}
+
+Server::~Server() {
+  for (auto& t : threads_) {
+    if (t.joinable()) t.join();
+  }
+  workers_.clear();
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+}
+
+namespace {
+bool make_dirs(const std::string& path) {
+  std::string cur;
+  size_t i = 0;
+  while (i <= path.size()) {
+    size_t j = path.find('/', i);
+    if (j == std::string::npos) j = path.size();
+    cur = path.substr(0, j);
+    if (!cur.empty() && ::mkdir(cur.c_str(), 0750) != 0 && errno != EEXIST) return false;
+    i = j + 1;
+  }
+  return true;
+}
+}  // namespace
+
+bool Server::lock_storage(std::string* error) {
+  const std::string& dir = config_->storage.dir;
+  if (!make_dirs(dir)) {
+    *error = "cannot create storage.dir " + dir + ": " + std::strerror(errno);
+    return false;
+  }
+  std::string path = dir + "/dechunkd.lock";
+  lock_fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+  if (lock_fd_ < 0) {
+    *error = "cannot open " + path + ": " + std::strerror(errno) + " (is storage.dir writable by this user?)";
+    return false;
+  }
+  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    char buf[32] = {0};
+    ssize_t n = ::pread(lock_fd_, buf, sizeof buf - 1, 0);
+    std::string pid = n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string("unknown");
+    while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
+    *error = "storage.dir " + dir + " is in use by another dechunkd (PID " + pid +
+             "); stop it or give this instance its own storage.dir";
+    ::close(lock_fd_);
+    lock_fd_ = -1;
+    return false;
+  }
+  std::string me = std::to_string(getpid()) + "\n";
+  if (::ftruncate(lock_fd_, 0) != 0 || ::pwrite(lock_fd_, me.data(), me.size(), 0) < 0) {
+    log_warn("cannot write the PID into " + path + ": " + std::strerror(errno));
+  }
+  return true;
+}
+
+bool Server::bind_listeners(std::vector<std::vector<ListenerSocket>>* per_worker, std::string* error) {
+  unsigned n = config_->workers;
+  per_worker->assign(n, {});
+  for (size_t li = 0; li < config_->listen.size(); ++li) {
+    const ListenConfig& l = config_->listen[li];
+    sockaddr_storage bound{};
+    // The first socket is bound without SO_REUSEPORT so that a port held by anyone else (even
+    // another dechunkd with SO_REUSEPORT) is reported as in use instead of silently shared.
+    int probe = open_listener(l.host, l.port, false, error, &bound);
+    if (probe < 0) return false;
+    uint16_t port = sockaddr_port(reinterpret_cast<sockaddr*>(&bound));
+    std::string addr = format_sockaddr(reinterpret_cast<sockaddr*>(&bound));
+    if (n == 1) {
+      (*per_worker)[0].push_back(ListenerSocket{probe, addr, li});
+    } else {
+      ::close(probe);
+      for (unsigned w = 0; w < n; ++w) {
+        int fd = open_listener(l.host, port, true, error);
+        if (fd < 0) return false;
+        (*per_worker)[w].push_back(ListenerSocket{fd, addr, li});
+      }
+    }
+    log_info("listening on " + addr);
+  }
+  return true;
+}
+
+int Server::run() {
+  evthread_use_pthreads();
+  signal(SIGPIPE, SIG_IGN);
+  Log::set_level(config_->log.level);
+  std::string error;
+  if (!lock_storage(&error)) {
+    log_error(error);
+    return 1;
+  }
+  if (!access_sink_.open(config_->log.access, &error)) {
+    log_error(error);
+    return 1;
+  }
+  std::vector<std::vector<ListenerSocket>> sockets;
+  if (!bind_listeners(&sockets, &error)) {
+    log_error(error);
+    for (auto& v : sockets)
+      for (auto& s : v)
+        if (s.fd >= 0) ::close(s.fd);
+    return 1;
+  }
+  if (!config_->admin.address.empty()) {
+    log_warn("admin.address is set but the admin endpoint is not available in this version yet");
+  }
+  base_.reset(event_base_new());
+  for (int sig : {SIGTERM, SIGINT, SIGHUP}) {
+    signal_events_.emplace_back(evsignal_new(base_.get(), sig, on_signal, this));
+    event_add(signal_events_.back().get(), nullptr);
+  }
+  worker_exit_.reset(event_new(base_.get(), -1, 0, on_worker_exit, this));
+
+  auto runtime = std::make_shared<const Runtime>(config_);
+  for (unsigned i = 0; i < config_->workers; ++i) {
+    workers_.push_back(std::make_unique<Worker>(i, shared_, runtime, std::move(sockets[i]), &access_sink_));
+  }
+  running_ = config_->workers;
+  for (auto& w : workers_) {
+    Worker* wp = w.get();
+    threads_.emplace_back([this, wp] {
+      wp->run();
+      running_.fetch_sub(1);
+      event_active(worker_exit_.get(), EV_TIMEOUT, 0);
+    });
+  }
+  log_info(std::string("dechunkd ") + "started with " + std::to_string(config_->workers) + " worker(s), " +
+           std::to_string(config_->routes.size()) + " route(s)");
+  event_base_loop(base_.get(), EVLOOP_NO_EXIT_ON_EMPTY);
+  for (auto& t : threads_) t.join();
+  threads_.clear();
+  uint64_t cut = shared_.cut_requests.load();
+  if (cut > 0) {
+    log_warn("stopped; " + std::to_string(cut) + " in-flight request(s) were cut");
+  } else {
+    log_info("stopped");
+  }
+  return 0;
+}
+
+void Server::on_worker_exit(evutil_socket_t, short, void* arg) {
+  auto* s = static_cast<Server*>(arg);
+  if (s->running_.load() == 0) event_base_loopexit(s->base_.get(), nullptr);
+}
+
+void Server::on_signal(evutil_socket_t sig, short, void* arg) {
+  auto* s = static_cast<Server*>(arg);
+  if (sig == SIGHUP) {
+    s->reload();
+    return;
+  }
+  ++s->stop_signals_;
+  if (s->stop_signals_ == 1) {
+    log_info(std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") + ": draining (up to " +
+             format_duration(s->config_->timeouts.drain) + ")");
+    for (auto& w : s->workers_) w->request_drain();
+  } else {
+    log_warn("second stop signal: stopping now");
+    for (auto& w : s->workers_) w->request_stop();
+  }
+}
+
+void Server::reload() {
+  log_warn("SIGHUP: configuration reload is not available in this version yet; restart to apply changes");
+}
+
+}  // namespace dechunkd

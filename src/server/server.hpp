@@ -1,0 +1,43 @@
+// The process: storage lock, listeners, worker threads, signals (SPEC 2). main() builds a
+// Server from a loaded Config and runs it.
+#pragma once
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "config/config.hpp"
+#include "log/access_log.hpp"
+#include "net/event.hpp"
+#include "server/worker.hpp"
+
+namespace dechunkd {
+
+class Server {
+ public:
+  explicit Server(std::shared_ptr<const Config> config);
+  ~Server();
+  // Runs until stopped; returns the process exit status (0 normal stop, 1 start-up failure).
+  int run();
+
+ private:
+  bool lock_storage(std::string* error);
+  bool bind_listeners(std::vector<std::vector<ListenerSocket>>* per_worker, std::string* error);
+  static void on_signal(evutil_socket_t sig, short, void* arg);
+  static void on_worker_exit(evutil_socket_t, short, void* arg);
+  void reload();
+
+  std::shared_ptr<const Config> config_;
+  SharedState shared_;
+  AccessLogSink access_sink_;
+  EventBasePtr base_;
+  std::vector<EventPtr> signal_events_;
+  EventPtr worker_exit_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::vector<std::thread> threads_;
+  std::atomic<unsigned> running_{0};
+  int lock_fd_ = -1;
+  int stop_signals_ = 0;
+};
+
+}  // namespace dechunkd

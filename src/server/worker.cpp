@@ -1,0 +1,219 @@
+#include "server/worker.hpp"
+
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "log/log.hpp"
+#include "net/socket.hpp"
+#include "server/inbound_connection.hpp"
+#include "upstream/upstream.hpp"
+
+namespace dechunkd {
+
+namespace {
+constexpr std::chrono::milliseconds kAccessLogFlush{200};
+constexpr int kMaxAcceptsPerEvent = 64;
+}  // namespace
+
+Worker::Worker(unsigned index, SharedState& shared, std::shared_ptr<const Runtime> runtime,
+               std::vector<ListenerSocket> listeners, AccessLogSink* access_sink)
+    : index_(index), shared_(shared), runtime_(std::move(runtime)), listeners_(std::move(listeners)),
+      access_log_(access_sink) {
+  base_.reset(event_base_new());
+  wake_.reset(event_new(base_.get(), -1, EV_PERSIST, on_wake, this));
+  // wake_ is never added: post() activates it directly (thread-safe with evthread locking).
+  reaper_.reset(event_new(base_.get(), -1, 0, on_reap, this));
+  drain_timer_.reset(event_new(base_.get(), -1, 0, on_drain_timeout, this));
+  flush_timer_.reset(event_new(base_.get(), -1, EV_PERSIST, on_flush_timer, this));
+  dechunkd::arm_timer(flush_timer_.get(), kAccessLogFlush);
+  upstreams_ = std::make_unique<UpstreamPool>(*this);
+  for (size_t i = 0; i < listeners_.size(); ++i) {
+    accept_events_.emplace_back(event_new(base_.get(), listeners_[i].fd, EV_READ | EV_PERSIST, on_accept, this));
+    event_add(accept_events_.back().get(), nullptr);
+  }
+  uint64_t seed[2] = {0, 0};
+  if (getrandom(seed, sizeof seed, 0) != sizeof seed) {
+    seed[0] = static_cast<uint64_t>(wall_clock_ms()) ^ (static_cast<uint64_t>(getpid()) << 32);
+    seed[1] = reinterpret_cast<uintptr_t>(this) ^ index;
+  }
+  id_state_[0] = seed[0] | 1;
+  id_state_[1] = seed[1] | 2;
+}
+
+Worker::~Worker() {
+  connections_.clear();
+  graveyard_.clear();
+  upstreams_.reset();
+  accept_events_.clear();
+  close_listeners();
+  access_log_.flush();
+}
+
+evdns_base* Worker::dns() {
+  if (!dns_) {
+    dns_.reset(evdns_base_new(base_.get(), EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE));
+    if (!dns_) dns_.reset(evdns_base_new(base_.get(), 0));
+    if (dns_) evdns_base_load_hosts(dns_.get(), nullptr);
+  }
+  return dns_.get();
+}
+
+void Worker::run() {
+  event_base_loop(base_.get(), EVLOOP_NO_EXIT_ON_EMPTY);
+  access_log_.flush();
+}
+
+void Worker::post(std::function<void()> fn) {
+  {
+    std::lock_guard<std::mutex> lock(tasks_mu_);
+    tasks_.push_back(std::move(fn));
+  }
+  event_active(wake_.get(), EV_READ, 0);
+}
+
+void Worker::request_drain() {
+  post([this] { start_drain(); });
+}
+
+void Worker::request_stop() {
+  post([this] {
+    std::vector<InboundConnection*> all;
+    for (auto& kv : connections_) all.push_back(kv.first);
+    for (InboundConnection* c : all) c->abort();
+    close_listeners();
+    event_base_loopexit(base_.get(), nullptr);
+  });
+}
+
+void Worker::on_wake(evutil_socket_t, short, void* arg) {
+  auto* w = static_cast<Worker*>(arg);
+  std::vector<std::function<void()>> tasks;
+  {
+    std::lock_guard<std::mutex> lock(w->tasks_mu_);
+    tasks.swap(w->tasks_);
+  }
+  for (auto& t : tasks) t();
+}
+
+void Worker::on_accept(evutil_socket_t fd, short, void* arg) {
+  auto* w = static_cast<Worker*>(arg);
+  for (size_t i = 0; i < w->listeners_.size(); ++i) {
+    if (w->listeners_[i].fd == fd) {
+      w->accept_from(i);
+      return;
+    }
+  }
+}
+
+void Worker::accept_from(size_t li) {
+  for (int i = 0; i < kMaxAcceptsPerEvent && !draining_; ++i) {
+    sockaddr_storage peer{};
+    socklen_t len = sizeof peer;
+    int fd = ::accept4(listeners_[li].fd, reinterpret_cast<sockaddr*>(&peer), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno != EAGAIN) log_warn(std::string("accept on ") + listeners_[li].address + " failed: " + std::strerror(errno));
+      return;
+    }
+    set_nodelay(fd);
+    uint64_t open_now = shared_.connections.fetch_add(1, std::memory_order_relaxed) + 1;
+    auto conn = std::make_unique<InboundConnection>(*this, fd, peer, listeners_[li]);
+    InboundConnection* raw = conn.get();
+    connections_.emplace(raw, std::move(conn));
+    if (open_now > runtime_->config->limits.max_connections) {
+      raw->start();
+      raw->reject_overloaded();
+    } else {
+      raw->start();
+    }
+  }
+}
+
+void Worker::connection_closed(InboundConnection* c) {
+  auto it = connections_.find(c);
+  if (it == connections_.end()) return;
+  shared_.connections.fetch_sub(1, std::memory_order_relaxed);
+  struct Holder : Deferred {
+    std::unique_ptr<InboundConnection> c;
+  };
+  auto h = std::make_unique<Holder>();
+  h->c = std::move(it->second);
+  connections_.erase(it);
+  defer_delete(std::move(h));
+  if (draining_) maybe_finish_drain();
+}
+
+void Worker::defer_delete(std::unique_ptr<Deferred> obj) {
+  graveyard_.push_back(std::move(obj));
+  event_active(reaper_.get(), EV_TIMEOUT, 0);
+}
+
+void Worker::on_reap(evutil_socket_t, short, void* arg) {
+  auto* w = static_cast<Worker*>(arg);
+  std::vector<std::unique_ptr<Deferred>> dead;
+  dead.swap(w->graveyard_);
+  dead.clear();
+}
+
+void Worker::on_flush_timer(evutil_socket_t, short, void* arg) { static_cast<Worker*>(arg)->access_log_.flush(); }
+
+void Worker::close_listeners() {
+  accept_events_.clear();
+  for (auto& l : listeners_) {
+    if (l.fd >= 0) ::close(l.fd);
+    l.fd = -1;
+  }
+}
+
+void Worker::start_drain() {
+  if (draining_) return;
+  draining_ = true;
+  close_listeners();
+  upstreams_->clear();
+  std::vector<InboundConnection*> all;
+  for (auto& kv : connections_) all.push_back(kv.first);
+  for (InboundConnection* c : all) c->drain();
+  dechunkd::arm_timer(drain_timer_.get(), runtime_->config->timeouts.drain);
+  maybe_finish_drain();
+}
+
+void Worker::maybe_finish_drain() {
+  if (!connections_.empty()) return;
+  event_del(flush_timer_.get());
+  event_del(drain_timer_.get());
+  access_log_.flush();
+  event_base_loopexit(base_.get(), nullptr);
+}
+
+void Worker::on_drain_timeout(evutil_socket_t, short, void* arg) {
+  auto* w = static_cast<Worker*>(arg);
+  std::vector<InboundConnection*> all;
+  for (auto& kv : w->connections_) all.push_back(kv.first);
+  for (InboundConnection* c : all) c->abort();
+  w->maybe_finish_drain();
+}
+
+std::string Worker::new_request_id() {
+  // xorshift128+: fast and unpredictable enough for correlation ids (not a secret).
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string id(32, '0');
+  for (int half = 0; half < 2; ++half) {
+    uint64_t s1 = id_state_[0];
+    const uint64_t s0 = id_state_[1];
+    id_state_[0] = s0;
+    s1 ^= s1 << 23;
+    id_state_[1] = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26);
+    uint64_t v = id_state_[1] + s0;
+    for (int i = 0; i < 16; ++i) {
+      id[half * 16 + i] = kHex[v & 15];
+      v >>= 4;
+    }
+  }
+  return id;
+}
+
+}  // namespace dechunkd

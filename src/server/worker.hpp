@@ -1,0 +1,104 @@
+// A worker: one thread, one event_base, its own SO_REUSEPORT listener sockets, connections,
+// upstream pool, block pool and access-log buffer. Nothing on the request path is shared with
+// other workers except atomics (connection count) and the immutable Runtime.
+#pragma once
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "log/access_log.hpp"
+#include "net/buffer.hpp"
+#include "net/event.hpp"
+#include "server/runtime.hpp"
+
+namespace dechunkd {
+
+class InboundConnection;
+class UpstreamPool;
+
+// Objects that must not be freed from inside their own callbacks go through Worker::defer_delete.
+class Deferred {
+ public:
+  virtual ~Deferred() = default;
+};
+
+// Process-wide counters shared by all workers.
+struct SharedState {
+  std::atomic<uint64_t> connections{0};  // inbound connections open (max_connections)
+  std::atomic<uint64_t> cut_requests{0}; // requests cut by a forced stop
+};
+
+struct ListenerSocket {
+  int fd = -1;
+  std::string address;   // "127.0.0.1:8080" as bound
+  size_t config_index = 0;  // index into Config::listen
+};
+
+class Worker {
+ public:
+  Worker(unsigned index, SharedState& shared, std::shared_ptr<const Runtime> runtime,
+         std::vector<ListenerSocket> listeners, AccessLogSink* access_sink);
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+
+  // Thread body: runs the loop until drained or stopped.
+  void run();
+  // Thread-safe: runs fn on the worker's thread.
+  void post(std::function<void()> fn);
+  // Thread-safe requests from the main thread.
+  void request_drain();  // stop accepting, finish in-flight requests, then exit the loop
+  void request_stop();   // close everything now
+
+  event_base* base() const { return base_.get(); }
+  evdns_base* dns();
+  BlockPool& blocks() { return blocks_; }
+  UpstreamPool& upstreams() { return *upstreams_; }
+  AccessLog& access_log() { return access_log_; }
+  const std::shared_ptr<const Runtime>& runtime() const { return runtime_; }
+  SharedState& shared() { return shared_; }
+  unsigned index() const { return index_; }
+  bool draining() const { return draining_; }
+
+  std::string new_request_id();
+  void defer_delete(std::unique_ptr<Deferred> obj);
+  void connection_closed(InboundConnection* c);  // c's owner moves it to the graveyard
+
+ private:
+  static void on_accept(evutil_socket_t fd, short, void* arg);
+  static void on_wake(evutil_socket_t, short, void* arg);
+  static void on_reap(evutil_socket_t, short, void* arg);
+  static void on_drain_timeout(evutil_socket_t, short, void* arg);
+  static void on_flush_timer(evutil_socket_t, short, void* arg);
+  void accept_from(size_t listener_index);
+  void start_drain();
+  void maybe_finish_drain();
+  void close_listeners();
+
+  unsigned index_;
+  SharedState& shared_;
+  std::shared_ptr<const Runtime> runtime_;
+  EventBasePtr base_;
+  EvdnsPtr dns_;
+  std::vector<ListenerSocket> listeners_;
+  std::vector<EventPtr> accept_events_;
+  EventPtr wake_;                        // activated by post()
+  EventPtr reaper_;                      // frees the graveyard after callbacks return
+  EventPtr drain_timer_;
+  EventPtr flush_timer_;                 // flushes the access-log buffer
+  std::mutex tasks_mu_;
+  std::vector<std::function<void()>> tasks_;
+  std::unordered_map<InboundConnection*, std::unique_ptr<InboundConnection>> connections_;
+  std::vector<std::unique_ptr<Deferred>> graveyard_;
+  BlockPool blocks_;
+  std::unique_ptr<UpstreamPool> upstreams_;
+  AccessLog access_log_;
+  bool draining_ = false;
+  uint64_t id_state_[2];                 // xorshift128+ for request ids
+};
+
+}  // namespace dechunkd

@@ -1,0 +1,458 @@
+#include "upstream/upstream.hpp"
+
+#include <arpa/inet.h>
+#include <event2/dns.h>
+#include <event2/util.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "log/log.hpp"
+#include "net/socket.hpp"
+#include "proxy/outbound.hpp"
+#include "server/inbound_connection.hpp"
+
+namespace dechunkd {
+
+using std::chrono::milliseconds;
+
+// ---------------------------------------------------------------------------------------------
+// UpstreamConn
+
+UpstreamConn::UpstreamConn(Worker& w, int fd, std::string key) : fd_(fd), key_(std::move(key)) {
+  read_ev_.reset(event_new(w.base(), fd_, EV_READ | EV_PERSIST, on_read, this));
+  write_ev_.reset(event_new(w.base(), fd_, EV_WRITE | EV_PERSIST, on_write, this));
+  idle_timer_.reset(event_new(w.base(), -1, 0, on_idle, this));
+}
+
+UpstreamConn::~UpstreamConn() {
+  read_ev_.reset();
+  write_ev_.reset();
+  idle_timer_.reset();
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void UpstreamConn::want_read(bool on) {
+  if (on == reading_) return;
+  reading_ = on;
+  if (on) event_add(read_ev_.get(), nullptr); else event_del(read_ev_.get());
+}
+
+void UpstreamConn::want_write(bool on) {
+  if (on == writing_) return;
+  writing_ = on;
+  if (on) event_add(write_ev_.get(), nullptr); else event_del(write_ev_.get());
+}
+
+void UpstreamConn::on_read(evutil_socket_t, short, void* arg) {
+  auto* c = static_cast<UpstreamConn*>(arg);
+  if (c->handler_) c->handler_->upstream_readable(*c);
+}
+
+void UpstreamConn::on_write(evutil_socket_t, short, void* arg) {
+  auto* c = static_cast<UpstreamConn*>(arg);
+  if (c->handler_) c->handler_->upstream_writable(*c);
+}
+
+void UpstreamConn::on_idle(evutil_socket_t, short, void* arg) {
+  auto* c = static_cast<UpstreamConn*>(arg);
+  if (c->handler_) c->handler_->upstream_idle_timeout(*c);
+}
+
+// ---------------------------------------------------------------------------------------------
+// UpstreamPool
+
+UpstreamPool::~UpstreamPool() { clear(); }
+
+void UpstreamPool::clear() { idle_.clear(); }
+
+size_t UpstreamPool::idle_count() const {
+  size_t n = 0;
+  for (auto& kv : idle_) n += kv.second.size();
+  return n;
+}
+
+std::unique_ptr<UpstreamConn> UpstreamPool::take(const std::string& key) {
+  auto it = idle_.find(key);
+  if (it == idle_.end() || it->second.empty()) return nullptr;
+  // Most recently used first: the least likely to have been closed by the target meanwhile.
+  std::unique_ptr<UpstreamConn> c = std::move(it->second.back());
+  it->second.pop_back();
+  c->disarm_idle_timer();
+  c->want_read(false);
+  c->set_handler(nullptr);
+  c->reused = true;
+  return c;
+}
+
+void UpstreamPool::give(std::unique_ptr<UpstreamConn> c, milliseconds idle_timeout, size_t max_idle) {
+  if (max_idle == 0 || worker_.draining()) return;  // closes it
+  auto& list = idle_[c->key()];
+  if (list.size() >= max_idle) list.erase(list.begin());  // drop the oldest
+  c->set_handler(this);
+  c->want_write(false);
+  c->want_read(true);  // notices the target closing it while idle
+  c->arm_idle_timer(idle_timeout);
+  list.push_back(std::move(c));
+}
+
+void UpstreamPool::upstream_readable(UpstreamConn& c) {
+  // An idle connection must stay silent: EOF, an error or stray bytes all end it.
+  remove(&c);
+}
+
+void UpstreamPool::upstream_idle_timeout(UpstreamConn& c) { remove(&c); }
+
+void UpstreamPool::remove(UpstreamConn* c) {
+  auto it = idle_.find(c->key());
+  if (it == idle_.end()) return;
+  auto& list = it->second;
+  for (size_t i = 0; i < list.size(); ++i) {
+    if (list[i].get() == c) {
+      // Freeing from inside its own callback is safe here: libevent is done with the event
+      // once the callback runs, and nothing touches the connection afterwards.
+      list.erase(list.begin() + static_cast<long>(i));
+      break;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ProxyCall
+
+// evdns may answer after the call is gone: the request context outlives the call and is freed
+// by the callback; cancel() only clears the back pointer.
+struct ProxyCall::DnsRequest {
+  ProxyCall* call;
+  evdns_getaddrinfo_request* req = nullptr;
+  static void callback(int err, evutil_addrinfo* res, void* arg) {
+    auto* self = static_cast<DnsRequest*>(arg);
+    if (self->call) {
+      ProxyCall* call = self->call;
+      call->dns_ = nullptr;
+      if (err == 0 && res) {
+        call->resolved(0, res->ai_addr, static_cast<socklen_t>(res->ai_addrlen));
+      } else {
+        call->resolved(err == 0 ? EVUTIL_EAI_FAIL : err, nullptr, 0);
+      }
+    }
+    if (res) evutil_freeaddrinfo(res);
+    delete self;
+  }
+};
+
+ProxyCall::ProxyCall(Worker& w, InboundConnection& in, RequestContext& ctx, const TargetConfig& target)
+    : worker_(w), in_(in), ctx_(ctx), target_(target) {
+  key_ = target_.url.host + ":" + std::to_string(target_.url.port);
+  timer_.reset(event_new(w.base(), -1, 0, on_timer, this));
+}
+
+ProxyCall::~ProxyCall() { cancel(); }
+
+void ProxyCall::cancel() {
+  if (dns_) {
+    dns_->call = nullptr;
+    // The callback still runs (with a cancel error) and frees the request context.
+    evdns_getaddrinfo_cancel(dns_->req);
+    dns_ = nullptr;
+  }
+  if (timer_) event_del(timer_.get());
+  conn_.reset();
+  state_ = State::Done;
+}
+
+milliseconds ProxyCall::connect_timeout() const {
+  return target_.connect_timeout ? *target_.connect_timeout : ctx_.runtime->config->timeouts.upstream_connect;
+}
+
+milliseconds ProxyCall::response_timeout() const {
+  return target_.timeout ? *target_.timeout : ctx_.runtime->config->timeouts.upstream_response;
+}
+
+void ProxyCall::arm(milliseconds d) { arm_timer(timer_.get(), d); }
+
+void ProxyCall::start() {
+  started_ = std::chrono::steady_clock::now();
+  // Built once: kept for the one safe resend on a stale pooled connection.
+  OutboundInput in;
+  in.head = &ctx_.head;
+  in.route = ctx_.route;
+  in.target = &target_;
+  std::string request_target = map_request_target(*ctx_.route, target_.url, ctx_.remainder, ctx_.head.query);
+  in.request_target = request_target;
+  in.client_addr = ctx_.client_ip;
+  in.request_id = ctx_.request_id;
+  in.request_id_generated = ctx_.request_id_generated;
+  std::vector<HeaderField> trailer_fields;
+  for (auto& t : ctx_.trailers) trailer_fields.push_back(HeaderField{t.first, t.second});
+  in.trailers = &trailer_fields;
+  in.body_length = ctx_.body.size;
+  head_.reserve(512 + ctx_.head.raw.size());
+  build_outbound_head(in, head_);
+
+  conn_ = worker_.upstreams().take(key_);
+  if (conn_) {
+    conn_->set_handler(this);
+    send_request();
+    return;
+  }
+  connect_fresh();
+}
+
+void ProxyCall::connect_fresh() {
+  state_ = State::Resolving;
+  arm(connect_timeout());
+  // Address literals skip DNS; names are resolved again for each new connection (SPEC 4).
+  sockaddr_storage ss{};
+  socklen_t len = 0;
+  auto* s4 = reinterpret_cast<sockaddr_in*>(&ss);
+  auto* s6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  if (inet_pton(AF_INET, target_.url.host.c_str(), &s4->sin_addr) == 1) {
+    s4->sin_family = AF_INET;
+    s4->sin_port = htons(target_.url.port);
+    len = sizeof *s4;
+  } else if (inet_pton(AF_INET6, target_.url.host.c_str(), &s6->sin6_addr) == 1) {
+    s6->sin6_family = AF_INET6;
+    s6->sin6_port = htons(target_.url.port);
+    len = sizeof *s6;
+  }
+  if (len) {
+    connect_to(reinterpret_cast<sockaddr*>(&ss), len);
+    return;
+  }
+  auto* req = new DnsRequest{this};
+  dns_ = req;
+  evutil_addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_protocol = IPPROTO_TCP;
+  hints.ai_flags = EVUTIL_AI_ADDRCONFIG;
+  std::string port = std::to_string(target_.url.port);
+  evdns_getaddrinfo_request* r =
+      evdns_getaddrinfo(worker_.dns(), target_.url.host.c_str(), port.c_str(), &hints, DnsRequest::callback, req);
+  // The callback may already have run (hosts file, cache): then req is gone.
+  if (dns_ == req) req->req = r;
+}
+
+void ProxyCall::resolved(int err, const sockaddr* addr, socklen_t len) {
+  if (state_ != State::Resolving) return;
+  if (err != 0 || !addr) {
+    fail(ErrorKind::BadGateway, std::string("cannot resolve ") + target_.url.host + ": " + evutil_gai_strerror(err));
+    return;
+  }
+  connect_to(addr, len);
+}
+
+void ProxyCall::connect_to(const sockaddr* addr, socklen_t len) {
+  int fd = ::socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    fail(ErrorKind::BadGateway, std::string("cannot create a socket: ") + std::strerror(errno));
+    return;
+  }
+  set_nodelay(fd);
+  conn_ = std::make_unique<UpstreamConn>(worker_, fd, key_);
+  conn_->set_handler(this);
+  state_ = State::Connecting;
+  if (::connect(fd, addr, len) == 0) {
+    connected();
+    return;
+  }
+  if (errno != EINPROGRESS) {
+    fail(ErrorKind::BadGateway, std::string("connect to ") + format_sockaddr(addr) + " failed: " + std::strerror(errno));
+    return;
+  }
+  conn_->want_write(true);
+}
+
+void ProxyCall::connected() { send_request(); }
+
+void ProxyCall::send_request() {
+  state_ = State::Sending;
+  out_.clear();
+  std::string head = head_;
+  out_.add(std::move(head));
+  ctx_.body.add_to(out_);
+  resp_.reset(ctx_.head.method == "HEAD", this);
+  conn_->want_read(true);
+  arm(ctx_.runtime->config->timeouts.send);
+  flush_request();
+}
+
+void ProxyCall::flush_request() {
+  int err = 0;
+  size_t before = out_.pending();
+  IoStatus st = out_.flush(conn_->fd(), &err);
+  if (st == IoStatus::Error) {
+    if ((err == EPIPE || err == ECONNRESET) && try_resend(std::strerror(err))) return;
+    fail(ErrorKind::BadGateway, std::string("sending the request failed: ") + std::strerror(err));
+    return;
+  }
+  if (st == IoStatus::WouldBlock) {
+    conn_->want_write(true);
+    if (out_.pending() != before) arm(ctx_.runtime->config->timeouts.send);
+    return;
+  }
+  conn_->want_write(false);
+  state_ = State::Receiving;
+  arm(response_timeout());
+}
+
+void ProxyCall::upstream_writable(UpstreamConn& c) {
+  if (state_ == State::Connecting) {
+    int soerr = 0;
+    socklen_t l = sizeof soerr;
+    getsockopt(c.fd(), SOL_SOCKET, SO_ERROR, &soerr, &l);
+    c.want_write(false);
+    if (soerr != 0) {
+      fail(ErrorKind::BadGateway, std::string("connect failed: ") + std::strerror(soerr));
+      return;
+    }
+    connected();
+    return;
+  }
+  if (state_ == State::Sending) flush_request();
+}
+
+bool ProxyCall::try_resend(const char* why) {
+  // Only a reused pooled connection that died before any byte of a response may be retried,
+  // once, on a fresh connection: the target cannot have acted on the request (SPEC 4).
+  if (!conn_ || !conn_->reused || resent_ || resp_.any_byte_seen()) return false;
+  resent_ = true;
+  log_debug(std::string("route=") + ctx_.route->name + " target=" + target_.url.redacted() +
+            " request_id=" + ctx_.request_id + ": pooled connection was closed (" + why + "), resending on a new one");
+  conn_.reset();
+  connect_fresh();
+  return true;
+}
+
+void ProxyCall::upstream_readable(UpstreamConn& c) {
+  if (state_ != State::Sending && state_ != State::Receiving) return;
+  read_response();
+}
+
+void ProxyCall::read_response() {
+  for (int rounds = 0; rounds < 16; ++rounds) {
+    if (!cur_block_ || cur_block_->free_space() < 2048) cur_block_ = worker_.blocks().acquire();
+    Block* b = cur_block_.get();
+    ssize_t n = ::read(conn_->fd(), b->data + b->used, b->free_space());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) return;
+      int e = errno;
+      if (e == ECONNRESET && try_resend("connection reset")) return;
+      fail(ErrorKind::BadGateway, std::string(head_relayed_ ? "the target reset the connection mid-response: "
+                                                            : "reading the response failed: ") + std::strerror(e));
+      return;
+    }
+    if (n == 0) {
+      if (!resp_.any_byte_seen() && try_resend("closed by the target")) return;
+      if (resp_.finish() == ResponseCodec::Status::Complete) {
+        if (!head_relayed_) {
+          head_relayed_ = true;
+          in_.relay_head(resp_);
+        }
+        finish_success();
+      } else {
+        fail(ErrorKind::BadGateway, resp_.error_message());
+      }
+      return;
+    }
+    const char* p = b->data + b->used;
+    b->used += static_cast<size_t>(n);
+    size_t left = static_cast<size_t>(n);
+    while (left > 0 || !head_relayed_) {
+      size_t consumed = 0;
+      ResponseCodec::Status st = resp_.feed(p, left, &consumed);
+      p += consumed;
+      left -= consumed;
+      if (state_ == State::Done) return;  // the client went away while we relayed
+      if (st == ResponseCodec::Status::Error) {
+        fail(ErrorKind::BadGateway, resp_.error_message());
+        return;
+      }
+      if (st == ResponseCodec::Status::NeedMore) break;
+      if (!head_relayed_) {
+        event_del(timer_.get());
+        head_relayed_ = true;
+        in_.set_target_status(resp_.status(), std::chrono::duration_cast<milliseconds>(
+                                                  std::chrono::steady_clock::now() - started_).count());
+        in_.relay_head(resp_);
+        if (state_ == State::Done) return;
+      }
+      if (st == ResponseCodec::Status::Complete) {
+        // Bytes after a complete response: the connection cannot be reused.
+        if (left > 0) state_ = State::Sending;
+        finish_success();
+        return;
+      }
+    }
+    if (head_relayed_) arm(ctx_.runtime->config->timeouts.upstream_idle);
+    if (in_.client_backlogged()) {
+      reading_paused_ = true;
+      conn_->want_read(false);
+      return;
+    }
+  }
+}
+
+void ProxyCall::client_drained() {
+  if (!reading_paused_ || state_ == State::Done || !conn_) return;
+  reading_paused_ = false;
+  conn_->want_read(true);
+}
+
+bool ProxyCall::on_body_bytes(const char* p, size_t n) {
+  if (state_ == State::Done) return false;
+  in_.relay_body(Span{cur_block_, p, n});
+  return state_ != State::Done;
+}
+
+void ProxyCall::finish_success() {
+  event_del(timer_.get());
+  bool reusable = conn_ && state_ == State::Receiving && resp_.keep_alive();
+  state_ = State::Done;
+  if (reusable) {
+    conn_->reused = false;
+    worker_.upstreams().give(std::move(conn_), target_.idle_timeout, target_.max_idle);
+  }
+  conn_.reset();
+  in_.relay_end();
+}
+
+void ProxyCall::fail(ErrorKind kind, const std::string& reason) {
+  if (state_ == State::Done) return;
+  state_ = State::Done;
+  event_del(timer_.get());
+  conn_.reset();
+  log_warn(std::string("route=") + ctx_.route->name + " target=" + target_.url.redacted() +
+           " request_id=" + ctx_.request_id + ": " + reason + " (" + std::to_string(error_status(kind)) + " " +
+           std::string(error_word(kind)) + ")");
+  in_.upstream_failed(kind, reason);
+}
+
+void ProxyCall::on_timer(evutil_socket_t, short, void* arg) {
+  auto* self = static_cast<ProxyCall*>(arg);
+  switch (self->state_) {
+    case State::Resolving:
+    case State::Connecting:
+      self->fail(ErrorKind::BadGateway, "connecting to the target timed out (upstream_connect)");
+      break;
+    case State::Sending:
+      self->fail(ErrorKind::BadGateway, "the target stopped reading the request (timeouts.send)");
+      break;
+    case State::Receiving:
+      if (self->head_relayed_) {
+        self->fail(ErrorKind::BadGateway, "the target stopped sending the response body (upstream_idle)");
+      } else {
+        self->fail(ErrorKind::GatewayTimeout, "the target did not answer in time (upstream_response)");
+      }
+      break;
+    case State::Done:
+      break;
+  }
+}
+
+}  // namespace dechunkd

@@ -1,0 +1,137 @@
+// Outbound side: connections to targets, the per-worker keep-alive pool, and ProxyCall, which
+// sends one de-chunked request to its target and streams the response back to the client.
+#pragma once
+#include <chrono>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "config/config.hpp"
+#include "http/codec.hpp"
+#include "net/buffer.hpp"
+#include "net/event.hpp"
+#include "server/worker.hpp"
+
+namespace dechunkd {
+
+class InboundConnection;
+struct RequestContext;
+class UpstreamConn;
+
+// Whoever currently owns an upstream connection receives its events.
+class UpstreamHandler {
+ public:
+  virtual ~UpstreamHandler() = default;
+  virtual void upstream_readable(UpstreamConn& c) = 0;
+  virtual void upstream_writable(UpstreamConn& c) = 0;
+  virtual void upstream_idle_timeout(UpstreamConn&) {}
+};
+
+class UpstreamConn {
+ public:
+  UpstreamConn(Worker& w, int fd, std::string key);
+  ~UpstreamConn();
+  UpstreamConn(const UpstreamConn&) = delete;
+  UpstreamConn& operator=(const UpstreamConn&) = delete;
+
+  int fd() const { return fd_; }
+  const std::string& key() const { return key_; }
+  void set_handler(UpstreamHandler* h) { handler_ = h; }
+  void want_read(bool on);
+  void want_write(bool on);
+  bool reused = false;          // taken from the pool (may have been closed by the target)
+  void arm_idle_timer(std::chrono::milliseconds d) { arm_timer(idle_timer_.get(), d); }
+  void disarm_idle_timer() { event_del(idle_timer_.get()); }
+
+ private:
+  static void on_read(evutil_socket_t, short, void* arg);
+  static void on_write(evutil_socket_t, short, void* arg);
+  static void on_idle(evutil_socket_t, short, void* arg);
+  int fd_;
+  std::string key_;
+  UpstreamHandler* handler_ = nullptr;
+  EventPtr read_ev_, write_ev_, idle_timer_;
+  bool reading_ = false, writing_ = false;
+};
+
+// Idle keep-alive connections per target (host:port), per worker.
+class UpstreamPool : public UpstreamHandler {
+ public:
+  explicit UpstreamPool(Worker& w) : worker_(w) {}
+  ~UpstreamPool() override;
+  std::unique_ptr<UpstreamConn> take(const std::string& key);
+  void give(std::unique_ptr<UpstreamConn> c, std::chrono::milliseconds idle_timeout, size_t max_idle);
+  void clear();
+  size_t idle_count() const;
+
+  void upstream_readable(UpstreamConn& c) override;  // EOF or stray bytes: the connection goes
+  void upstream_writable(UpstreamConn&) override {}
+  void upstream_idle_timeout(UpstreamConn& c) override;
+
+ private:
+  void remove(UpstreamConn* c);
+  Worker& worker_;
+  std::unordered_map<std::string, std::vector<std::unique_ptr<UpstreamConn>>> idle_;
+};
+
+// One request to one target: resolve, connect (or reuse), send head + body, parse the response
+// and relay it through the InboundConnection. Owned by the InboundConnection.
+class ProxyCall : public UpstreamHandler, public BodySink, public Deferred {
+ public:
+  ProxyCall(Worker& w, InboundConnection& in, RequestContext& ctx, const TargetConfig& target);
+  ~ProxyCall() override;
+  void start();
+  void cancel();          // the client went away or the worker stops: drop the connection
+  void client_drained();  // the client's output drained: read the target again
+
+  void upstream_readable(UpstreamConn& c) override;
+  void upstream_writable(UpstreamConn& c) override;
+  bool on_body_bytes(const char* p, size_t n) override;
+
+ private:
+  enum class State {
+    Resolving,   // waiting for evdns
+    Connecting,  // non-blocking connect in progress
+    Sending,     // writing the request (the response may start early)
+    Receiving,   // request written, reading the response
+    Done,        // finished or failed; no more events
+  };
+  struct DnsRequest;
+  friend struct DnsRequest;
+  static void on_timer(evutil_socket_t, short, void* arg);
+
+  void connect_fresh();
+  void resolved(int err, const sockaddr* addr, socklen_t len);
+  void connect_to(const sockaddr* addr, socklen_t len);
+  void connected();
+  void send_request();
+  void flush_request();
+  void read_response();
+  bool try_resend(const char* why);
+  void fail(ErrorKind kind, const std::string& reason);
+  void finish_success();
+  void arm(std::chrono::milliseconds d);
+  std::chrono::milliseconds connect_timeout() const;
+  std::chrono::milliseconds response_timeout() const;
+
+  Worker& worker_;
+  InboundConnection& in_;
+  RequestContext& ctx_;
+  const TargetConfig& target_;
+  std::string key_;
+  State state_ = State::Resolving;
+  std::unique_ptr<UpstreamConn> conn_;
+  DnsRequest* dns_ = nullptr;
+  EventPtr timer_;
+  std::string head_;          // the outbound head, kept for the one safe resend
+  OutQueue out_;
+  ResponseCodec resp_;
+  BlockRef cur_block_;
+  bool resent_ = false;
+  bool head_relayed_ = false;
+  bool reading_paused_ = false;
+  std::chrono::steady_clock::time_point started_;
+};
+
+}  // namespace dechunkd
