@@ -287,17 +287,23 @@ void InboundConnection::process(BlockRef block, const char* p, size_t n) {
   while (n > 0) {
     size_t used = 0;
     if (state_ == State::ReadingHead) {
-      if (!process_head_bytes(block, p, n, &used)) return;
+      if (!process_head_bytes(block, p, n, &used)) break;
     } else if (state_ == State::ReadingBody) {
-      if (!process_body_bytes(block, p, n, &used)) return;
+      if (!process_body_bytes(block, p, n, &used)) break;
     } else if (state_ == State::Handling) {
-      pending_ = Span{block, p, n};  // the next pipelined request
-      return;
+      pending_ = Span{block, p, n};  // the next pipelined request waits for this response
+      break;
     } else {
-      return;  // Closing: dropped
+      break;  // Closing: dropped
     }
     p += used;
     n -= used;
+  }
+  // Dispatch only now, with the pipelined rest stashed: a response that completes at once
+  // (echo, an immediate 502) then finds the next request where it expects it.
+  if (dispatch_pending_ && state_ == State::Handling) {
+    dispatch_pending_ = false;
+    dispatch();
   }
 }
 
@@ -329,7 +335,7 @@ bool InboundConnection::process_head_bytes(const BlockRef&, const char* p, size_
   *used = head_len - old;
   head_buf_.resize(head_len);
   head_complete();
-  return state_ == State::ReadingHead || state_ == State::ReadingBody;
+  return state_ != State::Closing && state_ != State::Closed;
 }
 
 void InboundConnection::head_complete() {
@@ -411,13 +417,8 @@ bool InboundConnection::process_body_bytes(const BlockRef& block, const char* p,
     send_error(codec_.error_kind(), codec_.error_message(), true);
     return false;
   }
-  if (st == RequestCodec::Status::Complete) {
-    if (consumed < n) pending_ = Span{block, p + consumed, n - consumed};
-    *used = n;
-    body_complete();
-    return false;
-  }
-  return true;
+  if (st == RequestCodec::Status::Complete) body_complete();
+  return state_ != State::Closing && state_ != State::Closed;
 }
 
 bool InboundConnection::on_body_bytes(const char* p, size_t n) {
@@ -501,7 +502,7 @@ void InboundConnection::body_complete() {
   ctx_.trailers = codec_.trailers();
   set_state(State::Handling);
   event_del(timer_ev_.get());
-  dispatch();
+  dispatch_pending_ = true;  // process() dispatches once the rest of the read is stashed
 }
 
 void InboundConnection::dispatch() {
@@ -764,6 +765,7 @@ void InboundConnection::reset_request() {
   ctx_.trailers.clear();
   ctx_.runtime = worker_.runtime();  // a reload applies from the next request on
   chunked_in_ = false;
+  dispatch_pending_ = false;
   response_started_ = response_complete_ = chunked_out_ = false;
   status_ = 0;
   allow_.clear();

@@ -139,6 +139,7 @@ class InboundConnection : public BodySink {
   RequestCodec codec_;
   RequestContext ctx_;
   bool chunked_in_ = false;
+  bool dispatch_pending_ = false;  // the request is complete; process() dispatches it
 
   // Output
   OutQueue out_;

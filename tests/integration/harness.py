@@ -265,6 +265,12 @@ def build_request(method: str = "POST", target: str = "/", headers: Iterable = (
     return b"\r\n".join(lines) + b"\r\n\r\n" + payload
 
 
+def exact_request(method: str, target: str, fields: Iterable, body: bytes = b"") -> bytes:
+    """The bytes of an HTTP/1.1 request with exactly these fields, written `Name: value`."""
+    return (f"{method} {target} HTTP/1.1\r\n".encode("latin-1")
+            + b"".join(_b(n) + b": " + _b(v) + b"\r\n" for n, v in fields) + b"\r\n" + body)
+
+
 def pseudo_random(n: int, seed: bytes = b"dechunkd") -> bytes:
     """n deterministic bytes that look random (all byte values, CRLFs included)."""
     out = bytearray()

@@ -3,8 +3,8 @@ trailers, response relay, the upstream pool and its safe resend, and upstream fa
 import time
 import unittest
 
-from harness import (ANY, Daemon, GatewayCase, PeerClosed, Reply, build_request, free_port,
-                     pseudo_random)
+from harness import (ANY, Daemon, GatewayCase, PeerClosed, Reply, build_request, exact_request,
+                     free_port, pseudo_random)
 
 MERGE_TRAILERS_NEVER = [
     ("Authorization", "Bearer t"), ("Content-Type", "text/evil"), ("Host", "evil.example"),
@@ -16,11 +16,6 @@ MERGE_TRAILERS_NEVER = [
     ("Keep-Alive", "timeout=1"), ("TE", "trailers"), ("Trailer", "X-Sig"), ("Upgrade", "h2c"),
     ("Proxy-Connection", "close"),
 ]
-
-
-def outbound_head(method, target, fields):
-    return (f"{method} {target} HTTP/1.1\r\n"
-            + "".join(f"{n}: {v}\r\n" for n, v in fields) + "\r\n").encode("latin-1")
 
 
 class ProxyTests(GatewayCase):
@@ -129,7 +124,7 @@ class ProxyTests(GatewayCase):
             ("Content-Length", "11"),
         ]
         self.assert_headers(seen.headers, expected)
-        self.assertEqual(seen.raw_head, outbound_head("POST", "/plain", expected))
+        self.assertEqual(seen.raw_head, exact_request("POST", "/plain", expected))
         self.assertEqual(seen.body, b"hello world")
 
     def test_request_headers_set_and_remove(self):

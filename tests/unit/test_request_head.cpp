@@ -298,7 +298,8 @@ std::string describe(const std::string& s) {
 TEST_CASE("request head: table of verdicts, whole and fed byte by byte") {
   int checked = 0;
   for (const Case& c : cases()) {
-    CAPTURE(c.name);
+    const std::string_view name = c.name;
+    CAPTURE(name);
     const std::string shown = describe(c.head);
     CAPTURE(shown);
     ++checked;
@@ -368,7 +369,8 @@ TEST_CASE("request head: parsed fields of a valid head") {
 }
 
 namespace {
-RequestHead parse_ok(const std::string& raw) {
+// raw must outlive the result (views): string literals here.
+RequestHead parse_ok(std::string_view raw) {
   RequestHead h;
   const auto e = dechunkd::parse_request_head(raw, HeadLimits{}, &h);
   CAPTURE(raw);

@@ -1,0 +1,240 @@
+"""Size limits, timers and the connection limit (SPEC 3, 4 and 11)."""
+import time
+import unittest
+
+from harness import (WAIT, Client, Daemon, GatewayCase, build_request, chunked_body,
+                     wait_until)
+
+LIMITS = {"max_body_size": 1000, "max_header_size": 1024, "max_headers": 10,
+          "max_uri_size": 256}
+TIMERS = {"header": "1s", "body": "1s", "idle": "1s"}
+HEAD = b"POST /l HTTP/1.1\r\nHost: gw\r\n"
+
+
+def counted(head: bytes) -> int:
+    """What max_header_size counts: the request line and every field line with their CRLFs
+    (everything before the final empty line)."""
+    return len(head) - 2
+
+
+def get_with_size(size: int, target: str = "/l", fields=()) -> bytes:
+    """A complete GET head whose counted size is exactly `size` (padded with X-Pad)."""
+    base = build_request("GET", target, [*fields, ("X-Pad", "a")])
+    return build_request("GET", target, [*fields, ("X-Pad", "a" * (size - counted(base) + 1))])
+
+
+def with_fields(count: int) -> bytes:
+    """A GET with exactly `count` header fields, Host included."""
+    return build_request("GET", "/l", [(f"X-{i}", "v") for i in range(count - 1)])
+
+
+class LimitTests(GatewayCase):
+    @classmethod
+    def gateway(cls):
+        return Daemon([
+            {"name": "l", "path_prefix": "/l", "target": cls.rcv.url("/l")},
+            {"name": "big", "path": "/big", "target": cls.rcv.url("/big"),
+             "max_body_size": 5000},
+        ], limits=LIMITS, timeouts=TIMERS)
+
+    def accepted(self, raw: bytes, method: str = "POST"):
+        self.rcv.reset()
+        seen, _ = self.forward(raw, method=method)
+        return seen
+
+    # -- body size --------------------------------------------------------------------------
+    def test_content_length_over_limit_is_413_before_the_body(self):
+        c = self.connect()
+        c.send(HEAD + b"Content-Length: 1001\r\n\r\n")  # the body is never sent
+        self.assert_error(c.final_response(), 413, "body_too_large")
+        self.assertTrue(c.is_closed())
+        self.rcv.assert_nothing()
+
+    def test_body_limit_boundaries(self):
+        cases = [("/l", 1000, True), ("/l", 1001, False), ("/big", 1001, True),
+                 ("/big", 5000, True), ("/big", 5001, False)]
+        for path, size, ok in cases:
+            for framing in ("length", "chunked"):
+                with self.subTest(path=path, size=size, framing=framing):
+                    body = b"b" * size
+                    raw = (build_request("POST", path, body=body) if framing == "length" else
+                           build_request("POST", path, chunks=[body[:size // 3], body[size // 3:]]))
+                    if ok:
+                        self.assert_forwarded(self.accepted(raw), path, body)
+                    else:
+                        self.assert_rejected(raw, 413)
+
+    def test_chunked_413_as_soon_as_the_limit_is_crossed(self):
+        cases = {"many small chunks": b"".join(b"64\r\n" + b"c" * 100 + b"\r\n" for _ in range(10))
+                 + b"1\r\nc",
+                 "one chunk": b"3E9\r\n" + b"c" * 1001,
+                 "uneven chunks": b"258\r\n" + b"c" * 600 + b"\r\n191\r\n" + b"c" * 401}
+        for name, partial in cases.items():
+            with self.subTest(name):
+                c = self.connect()
+                # No last chunk: the answer must come as the limit is crossed.
+                c.send(HEAD + b"Transfer-Encoding: chunked\r\n\r\n" + partial)
+                self.assert_error(c.final_response(), 413, "body_too_large")
+                self.assertTrue(c.is_closed())
+        self.rcv.assert_nothing()
+
+    # -- request-target and head size -------------------------------------------------------
+    def test_uri_limit_boundary(self):
+        self.assertEqual(self.accepted(build_request("GET", "/l/" + "a" * 253), "GET").target,
+                         "/l/" + "a" * 253)
+        self.assert_rejected(build_request("POST", "/l/" + "a" * 254, body=b"x"), 414)
+
+    def test_uri_limit_before_header_limits(self):
+        fields = [(f"X-{i}", "v" * 100) for i in range(20)]
+        self.assert_rejected(build_request("POST", "/l/" + "a" * 300, fields, body=b"x"), 414)
+
+    def test_uri_limit_answered_before_the_head_is_complete(self):
+        c = self.connect()
+        c.send(b"GET /l/" + b"a" * 400)
+        self.assert_error(c.final_response(), 414, "uri_too_long")
+        self.assertTrue(c.is_closed())
+
+    def test_header_size_boundary(self):
+        self.assertEqual(counted(get_with_size(1024)), 1024)
+        self.accepted(get_with_size(1024), "GET")
+        self.assert_rejected(get_with_size(1025), 431, method="GET")
+
+    def test_header_size_answered_before_the_head_is_complete(self):
+        c = self.connect()
+        c.send(HEAD + b"X-Pad: " + b"a" * 2000)
+        self.assert_error(c.final_response(), 431, "headers_too_large")
+        self.assertTrue(c.is_closed())
+
+    def test_header_count_boundary(self):
+        self.accepted(with_fields(10), "GET")
+        self.assert_rejected(with_fields(11), 431, method="GET")
+
+    def test_header_count_answered_before_the_head_is_complete(self):
+        c = self.connect()
+        c.send(HEAD + b"".join(b"X-%d: v\r\n" % i for i in range(30)))
+        self.assert_error(c.final_response(), 431, "headers_too_large")
+        self.assertTrue(c.is_closed())
+
+    def test_trailers_count_toward_header_limits(self):
+        fields = [("X-1", "v"), ("X-2", "v"), ("X-3", "v")]  # + Host + Transfer-Encoding = 5
+        cases = [
+            ("5 fields + 5 trailers", fields, [(f"T-{i}", "v") for i in range(5)], True),
+            ("5 fields + 6 trailers", fields, [(f"T-{i}", "v") for i in range(6)], False),
+            ("400 + 400 bytes", [("X-Pad", "a" * 400)], [("T-Pad", "a" * 400)], True),
+            ("600 + 600 bytes", [("X-Pad", "a" * 600)], [("T-Pad", "a" * 600)], False),
+            ("one trailer over the size", [], [("T-Pad", "a" * 1100)], False),
+        ]
+        for name, head_fields, trailers, ok in cases:
+            with self.subTest(name):
+                raw = build_request("POST", "/l", head_fields, chunks=[b"abc"], trailers=trailers)
+                if ok:
+                    self.assert_forwarded(self.accepted(raw), "/l", b"abc")
+                else:
+                    self.assert_rejected(raw, 431, closed=None)
+
+    # -- timers -----------------------------------------------------------------------------
+    def assert_timeout_408(self, c: Client, started: float):
+        resp = c.final_response(timeout=WAIT)
+        elapsed = time.monotonic() - started
+        self.assert_error(resp, 408, "request_timeout")
+        self.assertGreater(elapsed, 0.8, "408 before the timer ran out")
+        self.assertLess(elapsed, 3.0, "408 long after the 1 s timer")
+        self.assertTrue(c.is_closed())
+        self.rcv.assert_nothing()
+
+    def test_header_timeout_on_partial_head(self):
+        c = self.connect()
+        started = time.monotonic()
+        c.send(HEAD)
+        self.assert_timeout_408(c, started)
+
+    def test_header_timeout_is_total_not_per_byte(self):
+        c = self.connect()
+        started = time.monotonic()
+        trickle = iter(HEAD + b"X-Slow: " + b"s" * 100)
+        while c.state_after(0.1) == "open":
+            c.send(bytes([next(trickle)]))
+            self.assertLess(time.monotonic() - started, 4.0, "a trickled head never timed out")
+        self.assert_timeout_408(c, started)
+
+    def test_silent_close_when_no_byte_was_sent(self):
+        c = self.connect()
+        started = time.monotonic()
+        self.assertTrue(c.is_closed(WAIT), "an idle new connection must be closed")
+        self.assertEqual(c.stream.buf, b"", "nothing may be answered")
+        self.assertGreater(time.monotonic() - started, 0.8)
+
+    def test_body_timeout(self):
+        cases = {"length": HEAD + b"Content-Length: 10\r\n\r\nhello",
+                 "chunked": HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"}
+        for name, raw in cases.items():
+            with self.subTest(name):
+                c = self.connect()
+                started = time.monotonic()
+                c.send(raw)
+                self.assert_timeout_408(c, started)
+
+    def test_body_timeout_is_total_not_per_byte(self):
+        c = self.connect()
+        started = time.monotonic()
+        c.send(HEAD + b"Content-Length: 30\r\n\r\n")
+        while c.state_after(0.2) == "open":
+            c.send(b"x")
+            self.assertLess(time.monotonic() - started, 5.0, "a trickled body never timed out")
+        self.assert_timeout_408(c, started)
+
+    def test_idle_keep_alive_closed_silently(self):
+        resp, c = self.exchange(build_request("POST", "/l", body=b"x"))
+        self.assertEqual(resp.status, 200)
+        started = time.monotonic()
+        self.assertFalse(c.is_closed(0.5), "closed before the idle timer")
+        self.assertTrue(c.is_closed(WAIT), "idle keep-alive connection not closed")
+        self.assertLess(time.monotonic() - started, 3.0)
+
+    def test_header_timer_starts_at_first_byte_of_next_request(self):
+        resp, c = self.exchange(build_request("POST", "/l", body=b"x"))
+        self.assertEqual(resp.status, 200)
+        time.sleep(0.6)  # idle, below timeouts.idle
+        started = time.monotonic()
+        c.send(HEAD)     # a partial head: now the header timer runs
+        self.rcv.reset()
+        self.assert_timeout_408(c, started)
+
+
+class ConnectionLimitTests(GatewayCase):
+    """max_connections counts the whole process (two workers here)."""
+
+    @classmethod
+    def gateway(cls):
+        return Daemon([{"name": "l", "path_prefix": "/l", "target": cls.rcv.url("/l")}],
+                      workers=2, limits={"max_connections": 2},
+                      timeouts={"header": "10s", "idle": "10s"})
+
+    def open_served(self) -> Client:
+        c = self.connect()
+        resp, _ = self.exchange(build_request("POST", "/l", body=b"x"), client=c)
+        self.assertEqual(resp.status, 200)
+        return c
+
+    def test_over_limit_gets_503_and_close(self):
+        first = self.open_served()
+        self.open_served()
+        extra = self.connect()
+        resp = extra.final_response()  # answered without sending a request
+        self.assert_error(resp, 503, "overloaded")
+        self.assertEqual(resp.header("Retry-After"), "1")
+        self.assertTrue(extra.is_closed())
+        first.close()
+
+        def served_again():
+            c = Client(self.gw.port)
+            try:
+                c.send(build_request("POST", "/l", body=b"y"))
+                return c.final_response().status == 200
+            finally:
+                c.close()
+        wait_until(served_again, WAIT, "a free connection slot after a close", step=0.1)
+
+
+if __name__ == "__main__":
+    unittest.main()
