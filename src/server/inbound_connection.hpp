@@ -29,6 +29,8 @@ struct RequestBody {
   int spill_fd = -1;         // >= 0 once spilled; the file holds bytes [0, spilled)
   uint64_t spilled = 0;
   uint64_t in_memory = 0;    // bytes held in spans
+  uint64_t held = 0;         // read-block memory the spans pin (Block::kSize per block)
+  const Block* last_block = nullptr;  // the block `held` last counted
   ~RequestBody();
   void clear();
   // Appends the body to q: spans as references, the spill file as a sendfile range.

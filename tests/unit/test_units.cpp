@@ -79,8 +79,8 @@ TEST_CASE("format_size: shortest exact spelling, round-trips") {
   CHECK(format_size(1024ull * 1024 * 1024) == "1GiB");
   CHECK(format_size(100'000'000) == "100MB");
   CHECK(format_size(512 * 1024) == "512KiB");
-  for (uint64_t v : {0ull, 1ull, 999ull, 1000ull, 1024ull, 4096ull, 123456789ull, 1ull << 40,
-                     UINT64_MAX}) {
+  for (uint64_t v : {uint64_t{0}, uint64_t{1}, uint64_t{999}, uint64_t{1000}, uint64_t{1024},
+                     uint64_t{4096}, uint64_t{123456789}, uint64_t{1} << 40, UINT64_MAX}) {
     CAPTURE(v);
     CHECK(parse_size(format_size(v)) == v);
   }

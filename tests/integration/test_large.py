@@ -1,0 +1,146 @@
+"""Large bodies and concurrency (SPEC 3 memory_buffer, 4): bodies over memory_buffer spill to a
+temp file in storage.dir and arrive byte-identical; many connections at once; bounded memory."""
+import hashlib
+import os
+import threading
+import time
+import unittest
+
+from harness import (SANITIZED, SCALE, Client, Daemon, GatewayCase, build_request,
+                     pseudo_random, wait_until)
+
+MIB = 1 << 20
+CHUNKED_HEAD = b"POST /up HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def storage_fds(pid: int, storage_dir: str) -> set:
+    """The daemon's open file descriptors that point into storage.dir (named or deleted)."""
+    out = set()
+    root = os.path.realpath(storage_dir)
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(root + "/"):
+            out.add((fd, target))
+    return out
+
+
+def upload_chunked(port: int, path: str, blocks, timeout: float) -> tuple:
+    """Streams a chunked POST of `blocks`; returns (status, response body)."""
+    c = Client(port, timeout=timeout)
+    try:
+        c.send(CHUNKED_HEAD.replace(b"/up", path.encode(), 1))
+        for block in blocks:
+            c.send(b"%x\r\n" % len(block))
+            c.send(block)
+            c.send(b"\r\n")
+        c.send(b"0\r\n\r\n")
+        resp = c.final_response(timeout=timeout)
+        return resp.status, resp.body
+    finally:
+        c.close()
+
+
+def run_parallel(count: int, work, timeout: float) -> list:
+    """Runs work(i) in `count` threads; returns the results; any exception fails."""
+    results, errors = [None] * count, []
+
+    def run(i):
+        try:
+            results[i] = work(i)
+        except BaseException as e:  # reported below, with the index
+            errors.append((i, e))
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(count)]
+    for t in threads:
+        t.start()
+    end = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, end - time.monotonic()))
+    if any(t.is_alive() for t in threads):
+        raise AssertionError(f"{sum(t.is_alive() for t in threads)} of {count} transfers "
+                             f"still running after {timeout:.0f}s")
+    if errors:
+        raise AssertionError(f"{len(errors)} of {count} transfers failed, first: {errors[0]!r}")
+    return results
+
+
+class LargeBodyTests(GatewayCase):
+    keep_bodies = False  # the receiver hashes bodies instead of keeping them
+
+    @classmethod
+    def gateway(cls):
+        return Daemon([{"name": "up", "path": "/up", "target": cls.rcv.url("/up")}],
+                      workers=2, limits={"memory_buffer": "1MiB", "max_body_size": "200MiB"})
+
+    def test_chunked_upload_spills_and_arrives_identical(self):
+        body = pseudo_random(24 * MIB)
+        sizes = [1, 65537, 1000003, 4096, 3 * MIB + 5]
+        blocks, pos, i = [], 0, 0
+        while pos < len(body):
+            blocks.append(body[pos: pos + sizes[i % len(sizes)]])
+            pos += len(blocks[-1])
+            i += 1
+        baseline_fds = storage_fds(self.gw.pid, self.gw.storage_dir)
+        baseline_files = sorted(os.listdir(self.gw.storage_dir))
+        c = self.connect()
+        c.send(CHUNKED_HEAD)
+        for block in blocks[:6]:  # a little over 2 MiB: past memory_buffer
+            c.send(b"%x\r\n%s\r\n" % (len(block), block))
+        spilled = wait_until(lambda: storage_fds(self.gw.pid, self.gw.storage_dir)
+                                - baseline_fds, 10 * SCALE, "a spill file open in storage.dir")
+        for block in blocks[6:]:
+            c.send(b"%x\r\n%s\r\n" % (len(block), block))
+        c.send(b"0\r\n\r\n")
+        resp = c.final_response(timeout=30 * SCALE)
+        self.assertEqual(resp.status, 200, f"response: {resp}")
+        seen = self.rcv.wait_requests(1)[0]
+        self.assertEqual(seen.header("Content-Length"), str(len(body)))
+        self.assertEqual(seen.body_sha256, hashlib.sha256(body).hexdigest())
+        wait_until(lambda: storage_fds(self.gw.pid, self.gw.storage_dir) == baseline_fds,
+                   10 * SCALE, f"the spill file {spilled} closed")
+        self.assertEqual(sorted(os.listdir(self.gw.storage_dir)), baseline_files,
+                         "spill files left in storage.dir")
+
+    def test_content_length_upload_spills_and_arrives_identical(self):
+        body = pseudo_random(21 * MIB + 7, b"cl")
+        c = self.connect()
+        c.send(build_request("POST", "/up", body=body))
+        resp = c.final_response(timeout=30 * SCALE)
+        self.assertEqual(resp.status, 200, f"response: {resp}")
+        seen = self.rcv.wait_requests(1)[0]
+        self.assertEqual((seen.body_len, seen.body_sha256),
+                         (len(body), hashlib.sha256(body).hexdigest()))
+
+    def test_50_concurrent_connections(self):
+        bodies = [pseudo_random(200_000 + i, b"c%d" % i) for i in range(50)]
+
+        def work(i):
+            blocks = [bodies[i][j: j + 30_000] for j in range(0, len(bodies[i]), 30_000)]
+            return upload_chunked(self.gw.port, f"/up?i={i}", blocks, 30 * SCALE)
+        results = run_parallel(50, work, 60 * SCALE)
+        self.assertEqual([r[0] for r in results], [200] * 50)
+        self.assertEqual([r[1] for r in results], [f"POST /up?i={i}".encode() for i in range(50)])
+        by_target = {s.target: s for s in self.rcv.wait_requests(50)}
+        for i, body in enumerate(bodies):
+            self.assertEqual(by_target[f"/up?i={i}"].body_sha256, hashlib.sha256(body).hexdigest())
+
+    @unittest.skipIf(SANITIZED, "memory bound is meaningless under sanitizers")
+    def test_memory_bound_with_50_concurrent_50mib_uploads(self):
+        block = pseudo_random(MIB, b"mem")
+        digest = hashlib.sha256(block * 50).hexdigest()
+        started = time.monotonic()
+        results = run_parallel(
+            50, lambda i: upload_chunked(self.gw.port, "/up", [block] * 50, 120), 150)
+        self.assertEqual([r[0] for r in results], [200] * 50)
+        seen = self.rcv.wait_requests(50)
+        self.assertEqual({(s.body_len, s.body_sha256) for s in seen}, {(50 * MIB, digest)})
+        hwm_mib = self.gw.vm_hwm_kib() / 1024
+        print(f"\n50 x 50 MiB in {time.monotonic() - started:.1f}s, VmHWM {hwm_mib:.0f} MiB")
+        self.assertLess(hwm_mib, 150, f"daemon peak RSS {hwm_mib:.0f} MiB")
+
+
+
+if __name__ == "__main__":
+    unittest.main()
