@@ -74,6 +74,13 @@ struct RequestCallbacks {
   static int on_header_value(llhttp_t* p, const char* at, size_t len) {
     RequestCodec* c = self(p);
     if (!c->in_trailers_) return 0;
+    // llhttp 8.1.0 accepts obs-fold and reports the folded part as a second value span: a value
+    // span never starts right after a LF otherwise.
+    char before = at > c->feed_begin_ ? at[-1] : c->prev_last_byte_;
+    if (before == '\n') {
+      c->fail(ErrorKind::BadRequest, "obs-fold (a line starting with whitespace) in the trailers");
+      return HPE_USER;
+    }
     return trailer_bytes(c, at, len, &c->cur_value_);
   }
   static int trailer_bytes(RequestCodec* c, const char* at, size_t len, std::string* into) {
@@ -178,6 +185,8 @@ RequestCodec::Status RequestCodec::begin(std::string_view head, const CodecLimit
   limits_ = limits;
   in_trailers_ = complete_ = failed_ = false;
   body_bytes_ = ext_bytes_ = trailer_bytes_ = trailer_fields_ = 0;
+  feed_begin_ = nullptr;
+  prev_last_byte_ = 0;
   field_seen_ = false;
   cur_name_.clear();
   cur_value_.clear();
@@ -204,7 +213,9 @@ RequestCodec::Status RequestCodec::feed(const char* p, size_t n, size_t* consume
 RequestCodec::Status RequestCodec::run(const char* p, size_t n, size_t* consumed) {
   *consumed = 0;
   if (failed_) return Status::Error;
+  feed_begin_ = p;
   llhttp_errno_t err = llhttp_execute(&st_->parser, p, n);
+  if (n > 0) prev_last_byte_ = p[n - 1];
   if (err == HPE_OK) {
     *consumed = n;
     return Status::NeedMore;

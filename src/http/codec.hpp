@@ -73,6 +73,8 @@ class RequestCodec {
   uint64_t trailer_bytes_ = 0;
   uint64_t trailer_fields_ = 0;
   bool field_seen_ = false;            // a name callback came for the current trailer line
+  const char* feed_begin_ = nullptr;   // start of the bytes being fed (obs-fold detection)
+  char prev_last_byte_ = 0;            // last byte of the previous feed
   std::string cur_name_, cur_value_;
   std::vector<std::pair<std::string, std::string>> trailers_;
   ErrorKind error_kind_ = ErrorKind::BadRequest;

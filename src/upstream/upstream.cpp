@@ -363,7 +363,7 @@ void ProxyCall::read_response() {
     const char* p = b->data + b->used;
     b->used += static_cast<size_t>(n);
     size_t left = static_cast<size_t>(n);
-    while (left > 0 || !head_relayed_) {
+    for (;;) {
       size_t consumed = 0;
       ResponseCodec::Status st = resp_.feed(p, left, &consumed);
       p += consumed;
@@ -388,6 +388,7 @@ void ProxyCall::read_response() {
         finish_success();
         return;
       }
+      // HeadComplete: go on, also with no bytes left, so a body-less response completes.
     }
     if (head_relayed_) arm(ctx_.runtime->config->timeouts.upstream_idle);
     if (in_.client_backlogged()) {
