@@ -178,7 +178,7 @@ void RequestCodec::fail(ErrorKind kind, std::string_view message) {
   error_message_.assign(message);
 }
 
-RequestCodec::Status RequestCodec::begin(std::string_view head, const CodecLimits& limits, BodySink* sink) {
+RequestCodec::Status RequestCodec::begin(const RequestHead& head, const CodecLimits& limits, BodySink* sink) {
   llhttp_init(&st_->parser, HTTP_REQUEST, RequestCallbacks::settings());
   st_->parser.data = this;
   sink_ = sink;
@@ -187,15 +187,32 @@ RequestCodec::Status RequestCodec::begin(std::string_view head, const CodecLimit
   body_bytes_ = ext_bytes_ = trailer_bytes_ = trailer_fields_ = 0;
   feed_begin_ = nullptr;
   prev_last_byte_ = 0;
+  tail_[0] = tail_[1] = 0;
+  chunked_ = head.framing == Framing::Chunked;
   field_seen_ = false;
   cur_name_.clear();
   cur_value_.clear();
   trailers_.clear();
   error_message_.clear();
+  // llhttp sees the head as the strict parser understood it (values without OWS, which llhttp
+  // 8.1.0 refuses around Transfer-Encoding codings although RFC 9112 allows it): it still checks
+  // the tokens, and it learns the framing from the same fields.
+  normalized_.clear();
+  normalized_.append(head.method);
+  normalized_ += ' ';
+  normalized_.append(head.target);
+  normalized_ += head.version_minor == 0 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n";
+  for (const HeaderField& f : head.fields) {
+    normalized_.append(f.name);
+    normalized_ += ": ";
+    normalized_.append(f.value);
+    normalized_ += "\r\n";
+  }
+  normalized_ += "\r\n";
   size_t consumed = 0;
-  Status s = run(head.data(), head.size(), &consumed);
+  Status s = run(normalized_.data(), normalized_.size(), &consumed);
   if (s == Status::Error) return s;
-  if (consumed != head.size()) {
+  if (consumed != normalized_.size()) {
     fail(ErrorKind::BadRequest, "the request head was not accepted by the HTTP parser");
     return Status::Error;
   }
@@ -215,13 +232,29 @@ RequestCodec::Status RequestCodec::run(const char* p, size_t n, size_t* consumed
   if (failed_) return Status::Error;
   feed_begin_ = p;
   llhttp_errno_t err = llhttp_execute(&st_->parser, p, n);
+  char old_tail[2] = {tail_[0], tail_[1]};  // the bytes before this feed
   if (n > 0) prev_last_byte_ = p[n - 1];
+  if (n >= 2) {
+    tail_[0] = p[n - 2];
+    tail_[1] = p[n - 1];
+  } else if (n == 1) {
+    tail_[0] = tail_[1];
+    tail_[1] = p[0];
+  }
   if (err == HPE_OK) {
     *consumed = n;
     return Status::NeedMore;
   }
   if (err == HPE_PAUSED && complete_) {
-    *consumed = static_cast<size_t>(llhttp_get_error_pos(&st_->parser) - p);
+    size_t pos = static_cast<size_t>(llhttp_get_error_pos(&st_->parser) - p);
+    *consumed = pos;
+    // llhttp 8.1.0 accepts a chunked message ended by a bare LF ("0\r\n\n"): refuse it here.
+    char last = pos >= 1 ? p[pos - 1] : old_tail[1];
+    char before = pos >= 2 ? p[pos - 2] : (pos == 1 ? old_tail[1] : old_tail[0]);
+    if (chunked_ && in_trailers_ && (before != '\r' || last != '\n')) {
+      fail(ErrorKind::BadRequest, "the chunked body does not end with CRLF");
+      return Status::Error;
+    }
     return Status::Complete;
   }
   if (!failed_) {

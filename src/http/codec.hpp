@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "http/errors.hpp"
+#include "http/request_head.hpp"
 
 namespace dechunkd {
 
@@ -44,8 +45,9 @@ class RequestCodec {
   RequestCodec(const RequestCodec&) = delete;
   RequestCodec& operator=(const RequestCodec&) = delete;
 
-  // Starts a message with its complete, already validated head. Status Error if llhttp disagrees.
-  Status begin(std::string_view head, const CodecLimits& limits, BodySink* sink);
+  // Starts a message with its head, already validated by parse_request_head. Status Error if
+  // llhttp disagrees.
+  Status begin(const RequestHead& head, const CodecLimits& limits, BodySink* sink);
   // Feeds body bytes; *consumed tells how many belong to this message (the rest start the next
   // request). Complete once the whole body (and trailers) arrived.
   Status feed(const char* p, size_t n, size_t* consumed);
@@ -75,6 +77,9 @@ class RequestCodec {
   bool field_seen_ = false;            // a name callback came for the current trailer line
   const char* feed_begin_ = nullptr;   // start of the bytes being fed (obs-fold detection)
   char prev_last_byte_ = 0;            // last byte of the previous feed
+  char tail_[2] = {0, 0};              // last two bytes fed so far (final CRLF check)
+  bool chunked_ = false;
+  std::string normalized_;             // the head as fed to llhttp
   std::string cur_name_, cur_value_;
   std::vector<std::pair<std::string, std::string>> trailers_;
   ErrorKind error_kind_ = ErrorKind::BadRequest;

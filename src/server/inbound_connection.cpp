@@ -391,7 +391,7 @@ void InboundConnection::head_complete() {
   lim.header_fields_used = head.fields.size();
   lim.max_headers = config().limits.max_headers;
   lim.keep_trailers = m.route->trailers == TrailerMode::Merge;
-  if (codec_.begin(head.raw, lim, this) == RequestCodec::Status::Error) {
+  if (codec_.begin(head, lim, this) == RequestCodec::Status::Error) {
     send_error(codec_.error_kind(), codec_.error_message(), true);
     return;
   }
@@ -590,7 +590,7 @@ void InboundConnection::relay_head(const ResponseCodec& resp) {
   h += "HTTP/1.1 ";
   append_uint(h, static_cast<uint64_t>(resp.status()));
   h += ' ';
-  h += resp.reason().empty() ? std::string(status_reason(resp.status())) : resp.reason();
+  h += resp.reason();  // relayed as received, also when empty
   h += "\r\n";
   for (auto& f : resp.headers()) {
     if (skip_response_field(f.first, conn_tokens)) continue;

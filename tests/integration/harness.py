@@ -14,6 +14,7 @@ Every wait has a deadline; an unexpected close raises PeerClosed (an AssertionEr
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -507,6 +508,11 @@ class StrictReceiver:
             self.violations.clear()
             self.handler = default_reply
 
+    def clear_requests(self):
+        """Forgets the requests seen so far (violations are kept for assert_clean)."""
+        with self._cv:
+            self._requests.clear()
+
     def reply_with(self, *replies: Reply):
         """Answers the next requests with these replies in order, then repeats the last one."""
         queue = list(replies)
@@ -551,8 +557,9 @@ class StrictReceiver:
             except OSError:
                 pass
             s.close()
+        end = deadline_in(2.0)  # handler threads may sleep in a Reply.delay: do not wait for them
         for t in self._threads:
-            t.join(timeout=2)
+            t.join(timeout=max(0.0, end - time.monotonic()))
 
     # -- server side ------------------------------------------------------------------------
     def _violation(self, cid: int, text: str):
@@ -743,6 +750,9 @@ class Daemon:
                 "routes": routes or [],
             }
             config_text = to_yaml(_merge(config, sections)) + "\n"
+            self.config = config
+        else:
+            self.config = None
         self.config_text = config_text
         self.args = list(args)
         self.env = dict(os.environ, **(env or {}))
@@ -774,6 +784,15 @@ class Daemon:
     def __enter__(self):
         return self.start()
 
+    def config_with(self, **sections) -> str:
+        """The YAML of this daemon's config with some sections replaced (for reloads)."""
+        return to_yaml(_merge(copy.deepcopy(self.config), sections)) + "\n"
+
+    def rewrite_config(self, text: str):
+        self.config_text = text
+        with open(self.config_path, "w") as f:
+            f.write(text)
+
     def __exit__(self, *exc):
         self.close()
 
@@ -790,6 +809,7 @@ class Daemon:
             with self._cv:
                 lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
                 self._cv.notify_all()
+        pipe.close()
         with self._cv:
             self._cv.notify_all()
 
@@ -830,7 +850,7 @@ class Daemon:
         with self._cv:
             return "\n".join(self.stderr_lines[start:])
 
-    def signal(self, sig: int):
+    def send_signal(self, sig: int):
         self.proc.send_signal(sig)
 
     def wait_exit(self, timeout: float = WAIT) -> int:
@@ -845,7 +865,7 @@ class Daemon:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = WAIT) -> int:
         """Graceful stop; the exit status must be 0."""
         if self.proc.poll() is None:
-            self.signal(sig)
+            self.send_signal(sig)
         rc = self.wait_exit(timeout)
         if rc != 0:
             raise AssertionError(f"dechunkd exited with {rc} after "
@@ -998,13 +1018,16 @@ class GatewayCase(unittest.TestCase):
                         method: str = "POST", **send_kw) -> Response:
         """The gateway answers an error itself; the receiver sees nothing; the connection is
         closed (closed=True), kept (False) or not checked (None)."""
+        watched = [receiver] if receiver else list(self.r.values())
+        for r in watched:
+            r.clear_requests()
         resp, c = self.exchange(raw, method, **send_kw)
         self.assert_error(resp, status, word)
         if closed is not None:
             self.assertEqual(c.is_closed(WAIT if closed else 0.5), closed,
                              "connection should be " + ("closed" if closed else "kept open"))
         time.sleep(self.reject_settle)  # let a wrongly forwarded request arrive before looking
-        for r in ([receiver] if receiver else self.r.values()):
+        for r in watched:
             r.assert_nothing(settle=0)
         return resp
 

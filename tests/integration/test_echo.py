@@ -1,5 +1,8 @@
 """Echo mode (SPEC 5, 11): 200 `message/http` whose body is exactly the request a target would
 get, except that Host is the received one and the request line keeps the incoming target."""
+import os
+import shutil
+import tempfile
 import unittest
 
 from harness import Daemon, GatewayCase, build_request, exact_request, pseudo_random
@@ -12,13 +15,21 @@ class EchoTests(GatewayCase):
 
     @classmethod
     def gateway(cls):
+        secrets = tempfile.mkdtemp(prefix="dechunkd-echo-")
+        cls.addClassCleanup(shutil.rmtree, secrets, True)
+        with open(os.path.join(secrets, "key"), "w") as f:
+            f.write("from-file\n")  # one trailing newline is trimmed
         return Daemon([
+            {"name": "echo-expand", "path": "/echo-expand", "mode": "echo",
+             "request_headers": {"set": {"X-Env": "${env:DECHUNKD_IT_KEY}",
+                                         "X-File": "${file:%s/key}" % secrets,
+                                         "X-Lit": "$${env:NOPE}"}}},
             {"name": "echo", "path": "/echo", "mode": "echo"},
             {"name": "dbg", "path_prefix": "/dbg/", "mode": "echo"},
             {"name": "echo-hdr", "path": "/echo-hdr", "mode": "echo",
              "request_headers": {"set": {"X-Api-Key": "k1"}, "remove": ["Cookie"]}},
             {"name": "echo-merge", "path": "/echo-merge", "mode": "echo", "trailers": "merge"},
-        ])
+        ], env={"DECHUNKD_IT_KEY": "from-env"})
 
     def echo(self, raw: bytes, method: str = "POST", client=None) -> tuple:
         """Sends raw; returns (echoed bytes, request id)."""
@@ -93,6 +104,11 @@ class EchoTests(GatewayCase):
         self.assertEqual(got, exact_request("POST", "/echo-merge", [
             ("Host", "gw.example"), ("X-Forwarded-For", "127.0.0.1"), ("X-Sig", "s"),
             *FORWARDED, ("X-Request-Id", rid), ("Content-Length", "3")], b"abc"))
+
+    def test_config_expansion_in_set_values(self):
+        got, rid = self.echo(build_request("POST", "/echo-expand", body=b"x"))
+        for line in (b"X-Env: from-env", b"X-File: from-file", b"X-Lit: ${env:NOPE}"):
+            self.assertIn(b"\r\n" + line + b"\r\n", got)
 
     def test_keep_alive_across_echoes(self):
         c = self.connect()

@@ -176,7 +176,8 @@ EXPECTATION_FAILED = {
 ACCEPTED = {
     "TE Chunked": (te(b"Chunked"), b"hello"),
     "TE CHUNKED": (te(b"CHUNKED"), b"hello"),
-    "TE with OWS": (te(b" \tchunked\t "), b"hello"),
+    "TE with leading OWS": (te(b" \tchunked"), b"hello"),
+    "TE with trailing OWS": (te(b"chunked\t "), b"hello"),
     "TE line after other fields": (REQ + b"X-A: 1\r\nTransfer-Encoding: chunked\r\nX-B: 2\r\n\r\n"
                                    + BODY, b"hello"),
     "CL with leading zeros": (cl(b"005"), b"hello"),

@@ -138,7 +138,7 @@ TEST_CASE("a directory is not a config file") {
 
 TEST_CASE("the path is used exactly as given") {
   TempFile f("listen: [{address: \"127.0.0.1:0\"}]\nworkerz: 1\n");
-  const std::string relative = "/tmp/../" + f.path.substr(5);
+  const std::string relative = "/tmp/./" + f.path.substr(5);
   const LoadResult r = load_config_file(relative);
   REQUIRE(r.errors.size() == 1);
   CHECK(r.errors[0].str() == relative + ":2:1: unknown key 'workerz'; did you mean 'workers'?");
@@ -146,8 +146,9 @@ TEST_CASE("the path is used exactly as given") {
 
 TEST_CASE("YAML syntax errors carry their position") {
   CHECK(error_of("listen: [1, 2\n") == "t.yaml:2:1: invalid YAML: end of sequence flow not found");
-  CHECK(error_of("listen:\n  - address: \"x\n") ==
-        "t.yaml:2:14: invalid YAML: end of double quoted scalar not found");
+  CHECK(error_of(kListen + "workers: a: b\n") == "t.yaml:3:11: invalid YAML: illegal map value");
+  CHECK(error_of("listen: *nope\n") ==
+        "t.yaml:1:9: invalid YAML: the referenced anchor is not defined");
   // A second document would otherwise be silently ignored.
   CHECK(error_of(kListen + "---\nworkers: 2\n") ==
         "t.yaml:4:1: only one YAML document is allowed");
@@ -189,9 +190,9 @@ TEST_CASE("duplicate keys are errors at the second key (yaml-cpp keeps both)") {
   // The first value is the one used.
   CHECK(error_of(kListen + "routes:\n  - name: a\n    path: /a\n    mode: echo\n    name: b\n") ==
         "t.yaml:7:5: duplicate key 'name' (first at line 4)");
-  auto errs = errors_of(kListen +
-                        "request_headers:\n  set: {X-A: 1, X-A: 2}\n");  // root: unknown key too
-  CHECK(errs.size() == 2);
+  CHECK(error_of(kListen + "routes:\n  - name: a\n    path: /a\n    mode: echo\n"
+                           "    request_headers:\n      set: {X-A: 1, X-A: 2}\n") ==
+        "t.yaml:8:21: duplicate key 'X-A' (first at line 8)");
 }
 
 TEST_CASE("missing required keys are reported at the parent mapping") {
@@ -204,7 +205,7 @@ TEST_CASE("missing required keys are reported at the parent mapping") {
         "t.yaml:4:5: missing required key 'name'");
   CHECK(error_of(kListen + "routes:\n  - name: a\n    path: /a\n") ==
         "t.yaml:4:5: missing required key 'target' (a proxy route forwards to one target)");
-  CHECK(error_of(kListen + "admin:\n  token_file: /x\n") ==
+  CHECK(errors_of(kListen + "admin:\n  token_file: /x\n").at(0) ==
         "t.yaml:4:3: missing required key 'address'");
 }
 
@@ -374,7 +375,6 @@ TEST_CASE("admin: loopback needs no token; anything else does") {
   CHECK(error_of(kListen + "admin:\n  address: \"0.0.0.0:9901\"\n") ==
         "t.yaml:4:12: admin address '0.0.0.0:9901' is not a loopback address: set 'token_file' "
         "to protect the mutating endpoints");
-  CHECK(error_of(kListen + "admin:\n  address: \"127.0.0.1:0\"\n").empty() == false);
 
   TempFile token("s3cr3t-token\r\n");
   c = ok(kListen + "admin:\n  address: \"0.0.0.0:9901\"\n  token_file: " + token.path + "\n");
@@ -657,7 +657,7 @@ TEST_CASE("queue-only keys on other routes") {
         "t.yaml:7:5: 'retry' applies only to queue routes (this route is echo)");
   CHECK(error_of(kListen + "routes:\n  - name: a\n    path: /a\n"
                            "    targets: [{url: http://x/, max_in_flight: 2}]\n") ==
-        "t.yaml:6:33: 'max_in_flight' applies only to queue routes");
+        "t.yaml:6:32: 'max_in_flight' applies only to queue routes");
 }
 
 TEST_CASE("header rules") {
@@ -695,10 +695,10 @@ TEST_CASE("route overlap: same host and path need disjoint methods") {
            "  - {name: b, mode: echo, " + b + "}\n";
   };
   CHECK(error_of(routes("path: /x", "path: /x")) ==
-        "t.yaml:5:32: route 'b' has the same host and path as route 'a' (line 4); give both "
+        "t.yaml:5:33: route 'b' has the same host and path as route 'a' (line 4); give both "
         "disjoint 'methods'");
   CHECK(error_of(routes("path_prefix: /x/", "path_prefix: /x/")) ==
-        "t.yaml:5:39: route 'b' has the same host and path_prefix as route 'a' (line 4); give "
+        "t.yaml:5:40: route 'b' has the same host and path_prefix as route 'a' (line 4); give "
         "both disjoint 'methods'");
   // A route without methods overlaps everything.
   CHECK(errors_of(routes("path: /x, methods: [POST]", "path: /x")).size() == 1);
@@ -745,7 +745,7 @@ TEST_CASE("queue routes parse fully but are not supported yet") {
   errs = errors_of(head + "    target: http://x/\n    retry: {initial_backoff: 2m, max_backoff: 1m}\n");
   REQUIRE(errs.size() == 2);
   CHECK(errs[1] ==
-        "t.yaml:8:48: 'max_backoff' (1m) must not be smaller than 'initial_backoff' (2m)");
+        "t.yaml:8:47: 'max_backoff' (1m) must not be smaller than 'initial_backoff' (2m)");
   errs = errors_of(head + "    target: http://x/\n    accept_status: 204\n");
   REQUIRE(errs.size() == 2);
   CHECK(errs[1] == "t.yaml:8:20: 'accept_status' must be a 2xx status that carries a body (not 204)");
@@ -783,7 +783,7 @@ TEST_CASE("auth parses per type but is not supported yet") {
   CHECK(errs[1] == "t.yaml:7:11: standard_webhooks needs 'secrets' or 'public_keys' (or both)");
   errs = errors_of(head + "    auth: {type: standard_webhooks, secrets: [nope]}\n");
   REQUIRE(errs.size() == 2);
-  CHECK(errs[1] == "t.yaml:7:51: a standard_webhooks secret must be 'whsec_' followed by base64");
+  CHECK(errs[1] == "t.yaml:7:47: a standard_webhooks secret must be 'whsec_' followed by base64");
   errs = errors_of(head + "    auth: {type: basic, username: u, token: t}\n");
   REQUIRE(errs.size() == 3);
   CHECK(errs[1] == "t.yaml:7:11: missing required key 'password' for auth type 'basic'");
@@ -794,12 +794,12 @@ TEST_CASE("auth parses per type but is not supported yet") {
         "t.yaml:7:59: invalid value 'md5' for 'algorithm' (expected one of: sha256, sha512)");
   errs = errors_of(head + "    auth: {type: oauth}\n");
   REQUIRE(errs.size() == 2);
-  CHECK(errs[1] == "t.yaml:7:17: invalid value 'oauth' for 'type' (expected one of: basic, "
+  CHECK(errs[1] == "t.yaml:7:18: invalid value 'oauth' for 'type' (expected one of: basic, "
                    "bearer, header, hmac, standard_webhooks)");
   errs = errors_of(head + "    auth: {type: bearer, tokne: x}\n");
   REQUIRE(errs.size() == 3);
   CHECK(errs[1] == "t.yaml:7:11: missing required key 'token' for auth type 'bearer'");
-  CHECK(errs[2] == "t.yaml:7:31: unknown key 'tokne'; did you mean 'token'?");
+  CHECK(errs[2] == "t.yaml:7:26: unknown key 'tokne'; did you mean 'token'?");
 }
 
 TEST_CASE("every feature of a later release is refused at its key") {
@@ -843,12 +843,12 @@ TEST_CASE("not-yet features are still validated") {
   errs = errors_of(kListen + "routes:\n  - name: a\n    path: /a\n"
                              "    targets: [{url: http://x/, proxy: \"https://p:1\"}]\n");
   REQUIRE(errs.size() == 2);
-  CHECK(errs[1] == "t.yaml:6:42: the proxy URL must be http:// (CONNECT proxies are reached in "
+  CHECK(errs[1] == "t.yaml:6:39: the proxy URL must be http:// (CONNECT proxies are reached in "
                    "plain HTTP)");
   errs = errors_of(kListen + "routes:\n  - name: a\n    path: /a\n"
                              "    targets: [{url: http://x/, tls: {verify: true}}]\n");
   REQUIRE(errs.size() == 2);
-  CHECK(errs[0] == "t.yaml:6:33: 'tls' applies only to https:// targets");
+  CHECK(errs[0] == "t.yaml:6:32: 'tls' applies only to https:// targets");
 }
 
 TEST_CASE("all errors are reported in one run, in file order") {

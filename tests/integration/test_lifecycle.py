@@ -1,0 +1,175 @@
+"""Process life cycle (SPEC 2, 8, 11): graceful drain on SIGTERM, drain timeout, second SIGTERM,
+SIGHUP reload, access log lines, several workers and listeners."""
+import re
+import signal
+import socket
+import threading
+import time
+import unittest
+
+from harness import (WAIT, Client, Daemon, Reply, StrictReceiver, build_request, send_request,
+                     wait_until)
+
+ACCESS_FIELDS = {"time", "request_id", "remote", "route", "method", "path", "status", "bytes_in",
+                 "chunked", "target_status", "target_ms", "duration_ms"}
+RFC3339_MS = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}(Z|[+-]\d\d:\d\d)$"
+
+
+def refuses_connections(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+class LifecycleTests(unittest.TestCase):
+    def setUp(self):
+        self.rcv = StrictReceiver()
+        self.addCleanup(self.rcv.close)
+
+    def start(self, routes=None, **sections) -> Daemon:
+        routes = routes or [{"name": "p", "path_prefix": "/p", "target": self.rcv.url("/p")}]
+        d = Daemon(routes, **sections)
+        self.addCleanup(d.close)
+        d.start(listeners=len(sections.get("listen", [None])))
+        return d
+
+    def in_flight(self, d: Daemon, delay: float) -> Client:
+        """A request that the receiver holds for `delay` seconds, already forwarded."""
+        self.rcv.reply_with(Reply(body=b"slow", delay=delay))
+        c = Client(d.port)
+        self.addCleanup(c.close)
+        c.send(build_request("POST", "/p", body=b"x"))
+        self.rcv.wait_requests(1)
+        return c
+
+    def test_sigterm_drains_in_flight_request(self):
+        d = self.start()
+        c = self.in_flight(d, 1.5)
+        d.send_signal(signal.SIGTERM)
+        wait_until(lambda: refuses_connections(d.port), 1.0, "the listener to close")
+        resp = c.final_response(timeout=WAIT)
+        self.assertEqual((resp.status, resp.body), (200, b"slow"))
+        self.assertEqual((resp.header("Connection") or "").lower(), "close")
+        self.assertTrue(c.is_closed())
+        self.assertEqual(d.wait_exit(WAIT), 0)
+
+    def test_idle_keep_alive_connection_does_not_hold_the_drain(self):
+        d = self.start()
+        c = Client(d.port)
+        self.addCleanup(c.close)
+        c.send(build_request("POST", "/p", body=b"x"))
+        self.assertEqual(c.final_response().status, 200)
+        started = time.monotonic()
+        d.send_signal(signal.SIGTERM)
+        self.assertEqual(d.wait_exit(WAIT), 0)
+        self.assertLess(time.monotonic() - started, 3.0)
+        self.assertTrue(c.is_closed())
+
+    def test_drain_timeout_cuts_and_exits_0(self):
+        d = self.start(timeouts={"drain": "1s"})
+        c = self.in_flight(d, 8)
+        started = time.monotonic()
+        d.send_signal(signal.SIGTERM)
+        self.assertEqual(d.wait_exit(WAIT), 0)
+        self.assertLess(time.monotonic() - started, 3.0, "drain timeout not applied")
+        self.assertNotEqual(c.state_after(1.0), "open", "the cut connection was left open")
+
+    def test_second_sigterm_stops_at_once(self):
+        d = self.start()
+        self.in_flight(d, 8)
+        d.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        started = time.monotonic()
+        d.send_signal(signal.SIGTERM)
+        self.assertEqual(d.wait_exit(WAIT), 0)
+        self.assertLess(time.monotonic() - started, 1.5)
+
+    def test_access_log_lines(self):
+        d = self.start(routes=[{"name": "p", "path_prefix": "/p", "target": self.rcv.url("/p")},
+                               {"name": "e", "path": "/e", "mode": "echo"}])
+        self.rcv.reply_with(Reply(202, "Accepted", body=b"ok"))
+        requests = [  # raw, method; expected route, path, status, bytes_in, chunked, target
+            (build_request("POST", "/p/x?secret=1", chunks=[b"hello", b" world"]), "POST",
+             ("p", "/p/x", 202, 11, True, 202)),
+            (build_request("POST", "/nope?q=1", body=b"hello"), "POST",
+             ("_unmatched", "/nope", 404, None, False, None)),
+            (build_request("PUT", "/e", body=b"abc"), "PUT", ("e", "/e", 200, 3, False, None)),
+        ]
+        sent = []
+        for raw, method, _ in requests:
+            c = Client(d.port)
+            self.addCleanup(c.close)
+            c.send(raw)
+            resp = c.final_response()
+            sent.append((c.local_port, resp.header("X-Request-Id"), method))
+        entries = d.access_log_entries(len(requests))
+        self.assertEqual(len(entries), len(requests), entries)
+        for entry, (local_port, rid, method), (_, _, expected) in zip(entries, sent, requests):
+            route, path, status, bytes_in, chunked, target_status = expected
+            with self.subTest(path):
+                self.assertLessEqual(ACCESS_FIELDS, set(entry), entry)
+                self.assertRegex(entry["time"], RFC3339_MS)
+                self.assertEqual(entry["request_id"], rid)
+                self.assertEqual(entry["remote"], f"127.0.0.1:{local_port}")
+                self.assertEqual((entry["route"], entry["method"], entry["path"], entry["status"],
+                                  entry["chunked"], entry["target_status"]),
+                                 (route, method, path, status, chunked, target_status))
+                if bytes_in is not None:
+                    self.assertEqual(entry["bytes_in"], bytes_in)
+                self.assertIsInstance(entry["duration_ms"], (int, float))
+                if target_status is None:
+                    self.assertIsNone(entry["target_ms"])
+                else:
+                    self.assertIsInstance(entry["target_ms"], (int, float))
+                self.assertNotIn("secret", str(entry))
+
+    def test_two_workers_serve_concurrent_requests(self):
+        d = self.start(workers=2)
+        self.assertEqual(sum("listening on" in l for l in d.stderr_lines), 1,
+                         "one 'listening on' line per bound address")
+        self.rcv.reply_with(Reply(body=b"done", delay=0.3))
+        results = []
+
+        def one(i):
+            results.append(send_request(d.port, build_request("POST", f"/p/{i}", body=b"x")))
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(WAIT)
+        self.assertEqual([r.status for r in results], [200] * 8)
+        d.stop()
+
+    def test_every_listener_logged_and_served(self):
+        d = self.start(listen=[{"address": "127.0.0.1:0"}, {"address": "127.0.0.1:0"}])
+        self.assertEqual(len(set(d.ports)), 2, d.stderr_text())
+        for port in d.ports:
+            self.assertEqual(send_request(port, build_request("POST", "/p", body=b"x")).status,
+                             200)
+        d.stop()
+
+    def test_sighup_reload_applies_valid_and_rejects_invalid_config(self):
+        d = self.start()
+        routes = [{"name": "p", "path_prefix": "/p", "target": self.rcv.url("/p")},
+                  {"name": "added", "path": "/added", "mode": "echo"}]
+        d.rewrite_config(d.config_with(routes=routes))
+        d.send_signal(signal.SIGHUP)
+
+        def added_served():
+            return send_request(d.port, build_request("POST", "/added", body=b"x")).status == 200
+        wait_until(added_served, WAIT, "the reloaded route", step=0.1)
+
+        mark = d.log_mark()
+        d.rewrite_config(d.config_text + "bogus_key: 1\n")
+        d.send_signal(signal.SIGHUP)
+        d.wait_log(re.escape(d.config_path), start=mark)
+        self.assertIsNone(d.proc.poll(), "a bad reload stopped the daemon")
+        self.assertEqual(send_request(d.port, build_request("POST", "/added", body=b"x")).status,
+                         200)
+        d.stop()
+
+
+if __name__ == "__main__":
+    unittest.main()
