@@ -212,9 +212,8 @@ std::optional<uint64_t> Loader::size(const Field& f, bool allow_zero) {
   if (!v) {
     // Digits and a valid unit that still failed: the product overflowed 64 bits.
     const size_t digits = text->find_first_not_of("0123456789");
-    const bool grammar_ok =
-        digits != 0 && (digits == std::string::npos ||
-                        parse_size("1" + text->substr(digits)).has_value());
+    const bool grammar_ok = digits != 0 && (digits == std::string::npos ||
+                                            parse_size("1" + text->substr(digits)).has_value());
     if (grammar_ok) {
       error(f.value_pos, "size " + quote(*text) + " for " + f.label + " is too large");
     } else {
@@ -240,8 +239,8 @@ std::optional<Millis> Loader::duration(const Field& f, bool allow_zero) {
     const bool grammar_ok = digits != 0 && digits != std::string::npos &&
                             parse_duration("1" + text->substr(digits)).has_value();
     if (grammar_ok) {
-      error(f.value_pos, "duration " + quote(*text) + " for " + f.label +
-                             " is too large (at most 87600h)");
+      error(f.value_pos,
+            "duration " + quote(*text) + " for " + f.label + " is too large (at most 87600h)");
     } else {
       error(f.value_pos, "invalid duration " + quote(*text) + " for " + f.label +
                              " (expected an integer followed by ms, s, m or h, e.g. 250ms, 10s, "
@@ -267,11 +266,10 @@ std::optional<uint64_t> Loader::integer(const Field& f, uint64_t min, uint64_t m
   const bool digits = !text->empty() && text->find_first_not_of("0123456789") == std::string::npos;
   const auto v = digits ? parse_size(*text) : std::nullopt;
   if (!v || *v < min || *v > max) {
-    std::string range = max == UINT64_MAX ? (min == 0 ? "a non-negative integer"
-                                                      : "an integer of at least " +
-                                                            std::to_string(min))
-                                          : "an integer from " + std::to_string(min) + " to " +
-                                                std::to_string(max);
+    std::string range =
+        max == UINT64_MAX ? (min == 0 ? "a non-negative integer"
+                                      : "an integer of at least " + std::to_string(min))
+                          : "an integer from " + std::to_string(min) + " to " + std::to_string(max);
     error(f.value_pos, f.label + " must be " + range + " (got " + quote(*text) + ")");
     return std::nullopt;
   }
@@ -370,10 +368,9 @@ LoadResult Loader::load(std::string_view text) {
   } catch (const std::exception& e) {
     error({}, std::string("internal error while reading the configuration: ") + e.what());
   }
-  std::stable_sort(errors_.begin(), errors_.end(),
-                   [](const ConfigError& a, const ConfigError& b) {
-                     return a.line != b.line ? a.line < b.line : a.col < b.col;
-                   });
+  std::stable_sort(errors_.begin(), errors_.end(), [](const ConfigError& a, const ConfigError& b) {
+    return a.line != b.line ? a.line < b.line : a.col < b.col;
+  });
   result.errors = std::move(errors_);
   if (result.errors.empty()) result.config = std::move(cfg);
   return result;
@@ -557,8 +554,7 @@ void Loader::parse_admin(const Field& f, Config& c) {
       }
     }
   }
-  if (address_ok && token_ok && a.token_file.empty() &&
-      !config_detail::is_loopback_host(a.host)) {
+  if (address_ok && token_ok && a.token_file.empty() && !config_detail::is_loopback_host(a.host)) {
     error(admin_address_pos_, "admin address " + quote(a.address) +
                                   " is not a loopback address: set 'token_file' to protect the "
                                   "mutating endpoints");
@@ -626,9 +622,8 @@ LoadResult load_config_file(const std::string& path) {
   try {
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (fd < 0) {
-      return single_error(path,
-                          std::string("cannot open the configuration file: ") +
-                              std::strerror(errno));
+      return single_error(
+          path, std::string("cannot open the configuration file: ") + std::strerror(errno));
     }
     std::string text;
     char buf[16384];
@@ -638,8 +633,8 @@ LoadResult load_config_file(const std::string& path) {
         if (errno == EINTR) continue;
         const int err = errno;
         ::close(fd);
-        return single_error(path, std::string("cannot read the configuration file: ") +
-                                      std::strerror(err));
+        return single_error(
+            path, std::string("cannot read the configuration file: ") + std::strerror(err));
       }
       if (n == 0) break;
       if (text.size() + static_cast<size_t>(n) > kMaxConfigFile) {

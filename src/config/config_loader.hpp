@@ -56,8 +56,8 @@ inline std::string quote(std::string_view s) {
 struct Field {
   std::string label;  // for messages: "'max_body_size'" or "an entry of 'methods'"
   YAML::Node value;
-  Pos key_pos;        // the key (for list items: the item)
-  Pos value_pos;      // the value; a missing value (`key:`) points at the key
+  Pos key_pos;    // the key (for list items: the item)
+  Pos value_pos;  // the value; a missing value (`key:`) points at the key
 };
 
 inline Field make_field(std::string label, const YAML::Node& value, Pos key_pos) {
@@ -79,9 +79,9 @@ class MapReader {
   MapReader(const MapReader&) = delete;
   MapReader& operator=(const MapReader&) = delete;
 
-  bool ok() const { return ok_; }        // false: not a mapping (already reported)
+  bool ok() const { return ok_; }  // false: not a mapping (already reported)
   bool empty() const { return entries_.empty(); }
-  Pos pos() const { return pos_; }       // where a missing key is reported
+  Pos pos() const { return pos_; }  // where a missing key is reported
   std::optional<Field> take(std::string_view key);
   std::optional<Field> require(std::string_view key);
   // Free-form mappings (header names): every entry, as (name, field).
@@ -161,8 +161,8 @@ class Loader {
   std::string file_;
   std::vector<ConfigError> errors_;
   std::vector<std::pair<Feature, Pos>> uses_;
-  std::vector<RouteMeta> route_meta_;   // parallel to Config::routes
-  std::vector<ListenMeta> listen_meta_; // parallel to Config::listen
+  std::vector<RouteMeta> route_meta_;    // parallel to Config::routes
+  std::vector<ListenMeta> listen_meta_;  // parallel to Config::listen
   Pos admin_address_pos_;
 };
 

@@ -10,9 +10,9 @@ namespace {
 
 // ones cannot be removed either.
 bool managed_header(std::string_view name) {
-  for (std::string_view h : {"host", "content-length", "transfer-encoding", "connection",
-                             "keep-alive", "proxy-connection", "te", "trailer", "upgrade",
-                             "expect"}) {
+  for (std::string_view h :
+       {"host", "content-length", "transfer-encoding", "connection", "keep-alive",
+        "proxy-connection", "te", "trailer", "upgrade", "expect"}) {
     if (iequals(name, h)) return true;
   }
   return false;
@@ -22,7 +22,6 @@ bool unremovable_header(std::string_view name) {
   return iequals(name, "host") || iequals(name, "content-length") ||
          iequals(name, "transfer-encoding");
 }
-
 
 bool valid_route_name(std::string_view s) {
   auto alnum = [](char c) {
@@ -59,9 +58,8 @@ void Loader::parse_routes(const Field& f, Config& c) {
       if (!disjoint) {
         error(route_meta_[j].path_pos,
               "route " + quote(b.name) + " has the same host and " +
-                  (b.prefix ? "path_prefix" : "path") + " as route " + quote(a.name) +
-                  " (line " + std::to_string(route_meta_[i].path_pos.line) +
-                  "); give both disjoint 'methods'");
+                  (b.prefix ? "path_prefix" : "path") + " as route " + quote(a.name) + " (line " +
+                  std::to_string(route_meta_[i].path_pos.line) + "); give both disjoint 'methods'");
       }
     }
   }
@@ -139,8 +137,8 @@ void Loader::parse_route(const Field& item, Config& c) {
           error(it.value_pos, "invalid method " + quote(*v));
         } else if (std::any_of(v->begin(), v->end(),
                                [](char ch) { return ch >= 'a' && ch <= 'z'; })) {
-          error(it.value_pos, "method " + quote(*v) +
-                                  " must be upper case (methods are case-sensitive)");
+          error(it.value_pos,
+                "method " + quote(*v) + " must be upper case (methods are case-sensitive)");
         } else if (*v == "CONNECT") {
           error(it.value_pos, "method 'CONNECT' is never forwarded (the gateway answers 501)");
         } else if (std::find(r.methods.begin(), r.methods.end(), *v) != r.methods.end()) {
@@ -155,8 +153,8 @@ void Loader::parse_route(const Field& item, Config& c) {
   if (auto x = m.take("host")) {
     if (auto v = string(*x, false)) {
       const bool bracketed = v->front() == '[';
-      const bool has_port = bracketed ? v->find("]:") != std::string::npos
-                                      : v->find(':') != std::string::npos;
+      const bool has_port =
+          bracketed ? v->find("]:") != std::string::npos : v->find(':') != std::string::npos;
       if (has_port && (bracketed || std::count(v->begin(), v->end(), ':') == 1)) {
         error(x->value_pos, "'host' must not include a port (the Host header's port is ignored)");
       } else if (!config_detail::valid_host(*v, true)) {
@@ -196,8 +194,8 @@ void Loader::parse_route(const Field& item, Config& c) {
     if (auto v = size(*x, false)) r.max_body_size = *v;
   }
   if (auto x = m.take("trailers")) {
-    if (auto v = choice<TrailerMode>(*x, {{"drop", TrailerMode::Drop},
-                                          {"merge", TrailerMode::Merge}})) {
+    if (auto v =
+            choice<TrailerMode>(*x, {{"drop", TrailerMode::Drop}, {"merge", TrailerMode::Merge}})) {
       r.trailers = *v;
     }
   }
@@ -294,8 +292,9 @@ void Loader::parse_target(const Field& f, std::optional<RouteMode> mode, RouteCo
       if (auto err = config_detail::parse_url(*text, p)) {
         error(x->value_pos, "invalid proxy URL: " + *err);
       } else if (p.tls) {
-        error(x->value_pos, "the proxy URL must be http:// (CONNECT proxies are reached in plain "
-                            "HTTP)");
+        error(x->value_pos,
+              "the proxy URL must be http:// (CONNECT proxies are reached in plain "
+              "HTTP)");
       } else if (p.path != "/" || !p.query.empty()) {
         error(x->value_pos, "the proxy URL must not have a path or query");
       } else {
@@ -328,8 +327,10 @@ void Loader::parse_target_tls(const Field& f, TargetTls& tls) {
   if (key) {
     if (auto v = string(*key, true)) tls.client_private_key = *v;
   }
-  if (cert && !key) error(m.pos(), "missing required key 'client_private_key' (with 'client_certificate')");
-  if (key && !cert) error(m.pos(), "missing required key 'client_certificate' (with 'client_private_key')");
+  if (cert && !key)
+    error(m.pos(), "missing required key 'client_private_key' (with 'client_certificate')");
+  if (key && !cert)
+    error(m.pos(), "missing required key 'client_certificate' (with 'client_private_key')");
   if (auto x = m.take("server_name")) {
     if (auto v = string(*x, true)) {
       if (config_detail::valid_host(*v, false)) {
@@ -387,7 +388,8 @@ void Loader::parse_header_rules(const Field& f, HeaderRules& rules) {
         if (!config_detail::is_token(*v)) {
           error(it.value_pos, "invalid header name " + quote(*v));
         } else if (unremovable_header(*v)) {
-          error(it.value_pos, "header " + quote(*v) + " cannot be removed (the gateway manages it)");
+          error(it.value_pos,
+                "header " + quote(*v) + " cannot be removed (the gateway manages it)");
         } else {
           rules.remove.push_back(*v);
         }
@@ -418,13 +420,13 @@ void Loader::parse_auth(const Field& f, AuthConfig& auth) {
     auto x = m.take(name);
     if (!type) return x;
     if (x && *type != owner) {
-      error(x->key_pos, "'" + std::string(name) + "' does not apply to auth type '" +
-                            type_name + "'");
+      error(x->key_pos,
+            "'" + std::string(name) + "' does not apply to auth type '" + type_name + "'");
       return std::nullopt;
     }
     if (!x && required && *type == owner) {
-      error(m.pos(), "missing required key '" + std::string(name) + "' for auth type '" +
-                         type_name + "'");
+      error(m.pos(),
+            "missing required key '" + std::string(name) + "' for auth type '" + type_name + "'");
     }
     return x;
   };
@@ -572,8 +574,8 @@ void Loader::parse_retry(const Field& f, RetryConfig& retry) {
         int status = 0;
         if (!parse_status(it, 100, 599, status)) continue;
         if (status >= 200 && status <= 299) {
-          error(it.value_pos, "status " + std::to_string(status) +
-                                  " is a success and cannot be retried");
+          error(it.value_pos,
+                "status " + std::to_string(status) + " is a success and cannot be retried");
         } else if (std::find(on.begin(), on.end(), status) != on.end()) {
           error(it.value_pos, "status " + std::to_string(status) + " is listed twice");
         } else {

@@ -30,22 +30,30 @@ void append_str(std::string& out, std::string_view key, std::string_view v) {
 }
 }  // namespace
 
-bool AccessLogSink::open(const std::string& target, std::string* error) {
-  if (target == "off") return true;
-  if (target == "stdout") {
-    fd_ = STDOUT_FILENO;
-    return true;
-  }
-  if (target == "stderr") {
-    fd_ = STDERR_FILENO;
-    return true;
-  }
-  fd_ = ::open(target.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
-  if (fd_ < 0) {
+int AccessLogSink::open_target(const std::string& target, bool* owned, std::string* error) {
+  *owned = false;
+  if (target == "off") return -1;
+  if (target == "stdout") return STDOUT_FILENO;
+  if (target == "stderr") return STDERR_FILENO;
+  int fd = ::open(target.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+  if (fd < 0) {
     *error = "cannot open access log " + target + ": " + std::strerror(errno);
-    return false;
+    return -2;
   }
-  owned_ = true;
+  *owned = true;
+  return fd;
+}
+
+bool AccessLogSink::open(const std::string& target, std::string* error) { return reopen(target, error); }
+
+bool AccessLogSink::reopen(const std::string& target, std::string* error) {
+  bool owned = false;
+  int fd = open_target(target, &owned, error);
+  if (fd == -2) return false;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (owned_ && fd_ >= 0) ::close(fd_);
+  fd_ = fd;
+  owned_ = owned;
   return true;
 }
 

@@ -2,6 +2,7 @@
 // own buffer (no write(2) per request, PERF-NOTES) and flushes it to the shared sink on a short
 // timer or when it grows; the sink serialises writes from several workers.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <mutex>
 #include <string>
@@ -14,13 +15,17 @@ class AccessLogSink {
   // target: "stdout" | "stderr" | "off" | a file path (opened O_APPEND). Returns false with
   // *error when the file cannot be opened.
   bool open(const std::string& target, std::string* error);
-  bool enabled() const { return fd_ >= 0; }
+  // Opens target (or the same file again, after rotation) and switches to it; on failure the
+  // current destination stays.
+  bool reopen(const std::string& target, std::string* error);
+  bool enabled() const { return fd_.load(std::memory_order_relaxed) >= 0; }
   void write(std::string_view data);
   ~AccessLogSink();
 
  private:
+  static int open_target(const std::string& target, bool* owned, std::string* error);
   std::mutex mu_;
-  int fd_ = -1;
+  std::atomic<int> fd_{-1};  // read without the lock by enabled()
   bool owned_ = false;
 };
 

@@ -178,8 +178,60 @@ void Server::on_signal(evutil_socket_t sig, short, void* arg) {
   }
 }
 
+namespace {
+bool same_listeners(const Config& a, const Config& b) {
+  if (a.listen.size() != b.listen.size()) return false;
+  for (size_t i = 0; i < a.listen.size(); ++i) {
+    if (a.listen[i].address != b.listen[i].address) return false;
+  }
+  return true;
+}
+}  // namespace
+
 void Server::reload() {
-  log_warn("SIGHUP: configuration reload is not available in this version yet; restart to apply changes");
+  log_info("SIGHUP: reloading " + config_->path);
+  LoadResult loaded = load_config_file(config_->path);
+  if (!loaded.errors.empty()) {
+    for (const ConfigError& e : loaded.errors) log_error("reload: " + e.str());
+    log_error("reload failed: " + std::to_string(loaded.errors.size()) +
+              " configuration error(s); still running with the previous configuration");
+    return;
+  }
+  // Settings that only a restart can change keep their running values (SPEC 2).
+  auto next = std::make_shared<Config>(*loaded.config);
+  if (next->workers != config_->workers) {
+    log_warn("reload: workers changed from " + std::to_string(config_->workers) + " to " +
+             std::to_string(next->workers) + "; this needs a restart (keeping " + std::to_string(config_->workers) + ")");
+    next->workers = config_->workers;
+    next->workers_auto = config_->workers_auto;
+  }
+  if (next->storage.dir != config_->storage.dir) {
+    log_warn("reload: storage.dir changed; this needs a restart (keeping " + config_->storage.dir + ")");
+    next->storage.dir = config_->storage.dir;
+  }
+  if (next->admin.address != config_->admin.address) {
+    log_warn("reload: admin.address changed; this needs a restart (keeping the running one)");
+    next->admin = config_->admin;
+  }
+  if (!same_listeners(*next, *config_)) {
+    log_warn("reload: listen addresses changed; this version applies them only at a restart");
+    next->listen = config_->listen;
+  }
+  if (next->log.access != config_->log.access) {
+    std::string error;
+    if (!access_sink_.reopen(next->log.access, &error)) {
+      log_error("reload: " + error + "; keeping the previous access log");
+      next->log.access = config_->log.access;
+    }
+  }
+  Log::set_level(next->log.level);
+  config_ = next;
+  auto runtime = std::make_shared<const Runtime>(config_);
+  for (auto& w : workers_) {
+    Worker* wp = w.get();
+    wp->post([wp, runtime] { wp->set_runtime(runtime); });
+  }
+  log_info("configuration reloaded: " + std::to_string(config_->routes.size()) + " route(s)");
 }
 
 }  // namespace dechunkd

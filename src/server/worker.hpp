@@ -60,6 +60,8 @@ class Worker {
   UpstreamPool& upstreams() { return *upstreams_; }
   AccessLog& access_log() { return access_log_; }
   const std::shared_ptr<const Runtime>& runtime() const { return runtime_; }
+  // On the worker's thread: new requests use this config from now on.
+  void set_runtime(std::shared_ptr<const Runtime> rt) { runtime_ = std::move(rt); }
   SharedState& shared() { return shared_; }
   unsigned index() const { return index_; }
   bool draining() const { return draining_; }

@@ -427,8 +427,12 @@ class Reply:
     delay: float = 0.0           # seconds before answering
     interim: list = dataclasses.field(default_factory=list)  # raw 1xx responses sent first
     raw: Optional[bytes] = None  # sent verbatim instead of an encoded response
-    action: str = "keep"         # keep | close (after the answer) | drop (close, no answer) | reset
-    reset_after: int = 0         # action=reset: bytes of the answer sent before the RST
+    # keep | close (after the answer) | drop (close without answering) | cut (send cut_at bytes
+    # of the answer, then close) | reset (the same, then RST) | stall (the same, then hold the
+    # connection open for `stall` seconds before closing)
+    action: str = "keep"
+    cut_at: int = 0
+    stall: float = 0.0
     idle_close: Optional[float] = None  # close the connection when idle this long after answering
 
     def encode(self) -> bytes:
@@ -666,10 +670,11 @@ class StrictReceiver:
             if reply.action == "drop":
                 return False
             data = reply.encode()
-            if reply.action == "reset":
-                sock.sendall(data[: reply.reset_after])
-                time.sleep(0.05)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            if reply.action in ("cut", "reset", "stall"):
+                sock.sendall(data[: reply.cut_at])
+                time.sleep(0.05 + (reply.stall if reply.action == "stall" else 0))
+                if reply.action == "reset":
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 return False
             sock.sendall(data)
         except OSError:
@@ -903,12 +908,13 @@ class Daemon:
         lines = wait_until(read, timeout, f"{count} access log lines")
         return [json.loads(l) for l in lines]
 
-    def vm_hwm_kib(self) -> int:
+    def memory_kib(self, field: str = "VmHWM") -> int:
+        """A /proc/PID/status memory figure: VmHWM (peak RSS) or VmRSS."""
         with open(f"/proc/{self.pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
-        raise AssertionError("no VmHWM in /proc status")
+        raise AssertionError(f"no {field} in /proc/{self.pid}/status")
 
 
 def run_cli(*args: str, timeout: float = WAIT, cwd: Optional[str] = None,
@@ -962,6 +968,9 @@ class GatewayCase(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.gw.stop()  # graceful stop must exit 0 (and under ASan: without leaks)
+        time.sleep(0.1)  # the receivers see the pooled connections close
+        for r in cls.r.values():
+            r.assert_clean()  # e.g. stray bytes after a body, seen only at the close
 
     def setUp(self):
         for r in self.r.values():

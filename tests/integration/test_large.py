@@ -6,7 +6,7 @@ import threading
 import time
 import unittest
 
-from harness import (SANITIZED, SCALE, Client, Daemon, GatewayCase, build_request,
+from harness import (SANITIZED, SCALE, Client, Daemon, GatewayCase, Reply, build_request,
                      pseudo_random, wait_until)
 
 MIB = 1 << 20
@@ -127,6 +127,20 @@ class LargeBodyTests(GatewayCase):
             self.assertEqual(by_target[f"/up?i={i}"].body_sha256, hashlib.sha256(body).hexdigest())
 
     @unittest.skipIf(SANITIZED, "memory bound is meaningless under sanitizers")
+    def test_large_response_to_a_slow_reader_is_not_buffered(self):
+        body = pseudo_random(64 * MIB, b"resp")
+        self.rcv.reply_with(Reply(body=body))
+        before = self.gw.memory_kib("VmRSS")
+        c = self.connect()
+        c.send(build_request("GET", "/up"))
+        time.sleep(1.5)  # not reading: the gateway must stop reading from the target
+        grown_mib = (self.gw.memory_kib("VmRSS") - before) / 1024
+        print(f"\nRSS growth while stalled: {grown_mib:.1f} MiB")
+        resp = c.final_response("GET", timeout=30 * SCALE)
+        self.assertEqual(hashlib.sha256(resp.body).digest(), hashlib.sha256(body).digest())
+        self.assertLess(grown_mib, 24, f"RSS grew {grown_mib:.0f} MiB while the client stalled")
+
+    @unittest.skipIf(SANITIZED, "memory bound is meaningless under sanitizers")
     def test_memory_bound_with_50_concurrent_50mib_uploads(self):
         block = pseudo_random(MIB, b"mem")
         digest = hashlib.sha256(block * 50).hexdigest()
@@ -136,7 +150,7 @@ class LargeBodyTests(GatewayCase):
         self.assertEqual([r[0] for r in results], [200] * 50)
         seen = self.rcv.wait_requests(50)
         self.assertEqual({(s.body_len, s.body_sha256) for s in seen}, {(50 * MIB, digest)})
-        hwm_mib = self.gw.vm_hwm_kib() / 1024
+        hwm_mib = self.gw.memory_kib() / 1024
         print(f"\n50 x 50 MiB in {time.monotonic() - started:.1f}s, VmHWM {hwm_mib:.0f} MiB")
         self.assertLess(hwm_mib, 150, f"daemon peak RSS {hwm_mib:.0f} MiB")
 

@@ -47,7 +47,7 @@ class ProxyTests(GatewayCase):
              "targets": [{"url": r["slow"].url("/slow/path?sig=SLOWSECRET"), "timeout": "1s"}]},
             {"name": "route-dead-target", "path": "/dead",
              "target": f"http://127.0.0.1:{cls.dead_port}/dead/path?sig=DEADSECRET"},
-        ])
+        ], timeouts={"upstream_idle": "1s"})
 
     # -- de-chunking ------------------------------------------------------------------------
     def test_dechunks_every_chunk_layout(self):
@@ -382,25 +382,87 @@ class ProxyTests(GatewayCase):
         self.assertNotIn(secret, self.gw.stderr_text(), "target query string logged")
 
     def test_reset_before_any_response_byte_is_502(self):
-        self.r["reset"].reply_with(Reply(action="reset", reset_after=0))
+        self.r["reset"].reply_with(Reply(action="reset", cut_at=0))
         resp, _ = self.exchange(build_request("POST", "/reset", body=b"x"))
         self.assert_error(resp, 502, "bad_gateway")
 
-    def test_reset_mid_response_is_not_relayed_as_complete(self):
-        reply = Reply(body=b"y" * 5000, action="reset")
-        reply.reset_after = len(reply.encode()) - 4000
-        self.r["reset"].reply_with(reply)
+    def test_truncated_target_body_is_not_relayed_as_complete(self):
+        head_len = len(Reply(body=b"y" * 5000).encode()) - 5000
+        cases = {"reset": Reply(body=b"y" * 5000, action="reset", cut_at=head_len + 1000),
+                 "close": Reply(body=b"y" * 5000, action="cut", cut_at=head_len + 1000),
+                 "stall past upstream_idle": Reply(body=b"y" * 5000, action="stall",
+                                                   cut_at=head_len + 1000, stall=4),
+                 "chunked, close before the last chunk": Reply(
+                     body=b"y" * 5000, framing="chunked", chunk_size=1000, action="cut",
+                     cut_at=head_len + 3000)}
+        for name, reply in cases.items():
+            with self.subTest(name):
+                self.r["reset"].reset()
+                self.r["reset"].reply_with(reply)
+                c = self.connect()
+                c.send(build_request("POST", "/reset", body=b"x"))
+                try:
+                    resp = c.final_response(timeout=3.0)
+                except PeerClosed:
+                    continue  # the sender sees a truncated answer: correct
+                if resp.status == 502:
+                    self.assert_error(resp, 502, "bad_gateway")
+                    continue
+                self.fail(f"a truncated target body was relayed as complete: {resp.status}, "
+                          f"{len(resp.body)} body bytes")
+
+    def test_http10_client_never_gets_chunked(self):
+        self.rcv.reply_with(Reply(body=b"chunked upstream body", framing="chunked"))
+        resp, c = self.exchange(build_request("POST", "/plain", body=b"x", version="HTTP/1.0"))
+        self.assertEqual((resp.status, resp.body), (200, b"chunked upstream body"))
+        self.assertFalse(resp.chunked, "chunked framing sent to an HTTP/1.0 client")
+        if resp.header("Content-Length") is None:
+            self.assertTrue(c.stream.eof, "no length: the body must end with the close")
+
+    def test_client_connection_close(self):
+        resp, c = self.exchange(build_request("POST", "/plain", [("Connection", "close")],
+                                              body=b"x"))
+        self.assertEqual(resp.status, 200)
+        self.assertEqual((resp.header("Connection") or "").lower(), "close")
+        self.assertTrue(c.is_closed())
+
+    def test_connection_listing_gateway_fields(self):
+        raw = build_request("POST", "/plain", [("Connection", "Host, X-Forwarded-For, X-Request-Id"),
+                                               ("X-Forwarded-For", "10.9.9.9"),
+                                               ("X-Request-Id", "listed")], body=b"x")
+        seen, resp = self.forward(raw)
+        self.assertEqual(seen.header("Host"), self.rcv.authority)
+        self.assertEqual(seen.header("X-Forwarded-For"), "127.0.0.1")
+        self.assertEqual(seen.header("X-Request-Id"), resp.header("X-Request-Id"),
+                         "the target must get the id the sender is told")
+
+    def test_many_pipelined_requests(self):
+        count = 100
         c = self.connect()
-        c.send(build_request("POST", "/reset", body=b"x"))
-        try:
-            resp = c.final_response()
-        except PeerClosed:
-            return  # the sender sees a truncated answer: correct
-        if resp.status == 502:
-            self.assert_error(resp, 502, "bad_gateway")
-            return
-        self.fail(f"a reset mid-body was relayed as a complete answer: {resp.status}, "
-                  f"{len(resp.body)} body bytes")
+        c.send(b"".join(build_request("POST", f"/plain?n={i}", chunks=[b"%d" % i])
+                        for i in range(count)))
+        bodies = [c.final_response().body for _ in range(count)]
+        self.assertEqual(bodies, [f"POST /plain?n={i}".encode() for i in range(count)])
+        self.assertEqual([s.body for s in self.rcv.wait_requests(count)],
+                         [b"%d" % i for i in range(count)])
+
+    def test_client_gone_mid_upload_forwards_nothing(self):
+        c = self.connect()
+        c.send(build_request("POST", "/plain", chunks=[b"a" * 1000, b"b" * 1000])[:-20])
+        c.close()
+        self.rcv.assert_nothing(settle=0.5)
+        seen, _ = self.forward(build_request("POST", "/plain", body=b"after"))
+        self.assertEqual(seen.body, b"after")
+
+    def test_client_gone_while_target_answers(self):
+        self.rcv.reply_with(Reply(body=b"late", delay=0.5), Reply(body=b"next"))
+        c = self.connect()
+        c.send(build_request("POST", "/plain", body=b"x"))
+        self.rcv.wait_requests(1)
+        c.close()
+        time.sleep(0.8)
+        resp, _ = self.exchange(build_request("POST", "/plain", body=b"y"))
+        self.assertEqual((resp.status, resp.body), (200, b"next"))
 
     def test_malformed_target_response_is_502(self):
         cases = {

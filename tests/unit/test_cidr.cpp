@@ -27,8 +27,12 @@ sockaddr_in6 v6(const char* a) {
   return s;
 }
 
-bool in(const Cidr& c, const sockaddr_in& s) { return c.contains(reinterpret_cast<const sockaddr*>(&s)); }
-bool in(const Cidr& c, const sockaddr_in6& s) { return c.contains(reinterpret_cast<const sockaddr*>(&s)); }
+bool in(const Cidr& c, const sockaddr_in& s) {
+  return c.contains(reinterpret_cast<const sockaddr*>(&s));
+}
+bool in(const Cidr& c, const sockaddr_in6& s) {
+  return c.contains(reinterpret_cast<const sockaddr*>(&s));
+}
 
 }  // namespace
 

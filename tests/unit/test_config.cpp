@@ -150,8 +150,7 @@ TEST_CASE("YAML syntax errors carry their position") {
   CHECK(error_of("listen: *nope\n") ==
         "t.yaml:1:9: invalid YAML: the referenced anchor is not defined");
   // A second document would otherwise be silently ignored.
-  CHECK(error_of(kListen + "---\nworkers: 2\n") ==
-        "t.yaml:4:1: only one YAML document is allowed");
+  CHECK(error_of(kListen + "---\nworkers: 2\n") == "t.yaml:4:1: only one YAML document is allowed");
 }
 
 TEST_CASE("an empty or non-mapping document") {
@@ -223,7 +222,8 @@ TEST_CASE("wrong types") {
         "t.yaml:4:8: 'dir' must be a single value, not a mapping");
   CHECK(error_of(kListen + "storage:\n  dir:\n") == "t.yaml:4:3: 'dir' needs a value");
   CHECK(error_of(kListen + "storage:\n  dir: \"\"\n") == "t.yaml:4:8: 'dir' must not be empty");
-  CHECK(error_of(kListen + "routes:\n  - name: a\n    path: /a\n    mode: echo\n    methods: POST\n") ==
+  CHECK(error_of(kListen +
+                 "routes:\n  - name: a\n    path: /a\n    mode: echo\n    methods: POST\n") ==
         "t.yaml:7:14: 'methods' must be a list");
   // Empty sections read as "all defaults".
   ok(kListen + "limits:\ntimeouts:\nstorage:\nlog:\nroutes:\n");
@@ -249,7 +249,8 @@ TEST_CASE("sizes: grammar errors at the value") {
         "t.yaml:4:18: size '18446744073709551616' for 'max_body_size' is too large");
   CHECK(size_error("99999999999GiB") ==
         "t.yaml:4:18: size '99999999999GiB' for 'max_body_size' is too large");
-  auto c = ok(kListen + "limits:\n  max_body_size: 25MiB\n  max_header_size: 8KB\n"
+  auto c = ok(kListen +
+              "limits:\n  max_body_size: 25MiB\n  max_header_size: 8KB\n"
               "  max_uri_size: 4096\n  memory_buffer: 0\n");
   CHECK(c->limits.max_body_size == 25 * kMiB);
   CHECK(c->limits.max_header_size == 8000);  // KB = 1000
@@ -266,8 +267,7 @@ TEST_CASE("durations: grammar errors at the value") {
         "t.yaml:4:11: invalid duration '10' for 'header'" + grammar);
   CHECK(error_of(kListen + "timeouts:\n  header: 10 s\n") ==
         "t.yaml:4:11: invalid duration '10 s' for 'header'" + grammar);
-  CHECK(error_of(kListen + "timeouts:\n  header: 0s\n") ==
-        "t.yaml:4:11: 'header' must not be 0");
+  CHECK(error_of(kListen + "timeouts:\n  header: 0s\n") == "t.yaml:4:11: 'header' must not be 0");
   CHECK(error_of(kListen + "timeouts:\n  header: 87601h\n") ==
         "t.yaml:4:11: duration '87601h' for 'header' is too large (at most 87600h)");
   CHECK(error_of(kListen + "timeouts:\n  header: 99999999999999999999h\n") ==
@@ -292,7 +292,8 @@ TEST_CASE("integers, enums and booleans") {
   CHECK(error_of(kListen + "log: {level: verbose}\n") ==
         "t.yaml:3:14: invalid value 'verbose' for 'level' (expected one of: error, warn, info, "
         "debug)");
-  auto c = ok(kListen + "storage: {fsync: batch, max_queue_size: 2GB, dir: /srv/q}\n"
+  auto c = ok(kListen +
+              "storage: {fsync: batch, max_queue_size: 2GB, dir: /srv/q}\n"
               "log: {level: debug}\n");
   CHECK(c->storage.fsync == FsyncPolicy::Batch);
   CHECK(c->storage.max_queue_size == 2'000'000'000u);
@@ -331,8 +332,9 @@ TEST_CASE("log.access: off may be unquoted, paths must be absolute") {
 }
 
 TEST_CASE("listen addresses") {
-  auto c = ok("listen:\n  - address: \"[::]:8080\"\n  - address: localhost:8081\n"
-              "  - address: \"[::1]:0\"\n  - address: \"[::1]:0\"\n");
+  auto c =
+      ok("listen:\n  - address: \"[::]:8080\"\n  - address: localhost:8081\n"
+         "  - address: \"[::1]:0\"\n  - address: \"[::1]:0\"\n");
   REQUIRE(c->listen.size() == 4);
   CHECK(c->listen[0].host == "::");
   CHECK(c->listen[0].port == 8080);
@@ -384,12 +386,14 @@ TEST_CASE("admin: loopback needs no token; anything else does") {
   TempFile empty("\n");
   CHECK(error_of(kListen + "admin:\n  address: \"0.0.0.0:9901\"\n  token_file: " + empty.path +
                  "\n") == "t.yaml:5:15: admin token file '" + empty.path + "' is empty");
-  CHECK(error_of(kListen + "admin:\n  address: \"127.0.0.1:9901\"\n  token_file: /nonexistent/t\n") ==
-        "t.yaml:5:15: admin token file: cannot read '/nonexistent/t': No such file or directory");
+  CHECK(
+      error_of(kListen + "admin:\n  address: \"127.0.0.1:9901\"\n  token_file: /nonexistent/t\n") ==
+      "t.yaml:5:15: admin token file: cannot read '/nonexistent/t': No such file or directory");
 }
 
 TEST_CASE("admin address may not be a listen address") {
-  CHECK(error_of("listen:\n  - address: \"127.0.0.1:8080\"\nadmin:\n  address: \"127.0.0.1:8080\"\n") ==
+  CHECK(error_of(
+            "listen:\n  - address: \"127.0.0.1:8080\"\nadmin:\n  address: \"127.0.0.1:8080\"\n") ==
         "t.yaml:4:12: admin address '127.0.0.1:8080' is also a listen address (line 2)");
 }
 
@@ -404,7 +408,9 @@ TEST_CASE("${env:NAME} and ${file:PATH} expand; $${ is a literal ${") {
                              "routes:\n"
                              "  - name: a\n"
                              "    path: /a\n"
-                             "    target: \"${file:" + url.path + "}\"\n"
+                             "    target: \"${file:" +
+                             url.path +
+                             "}\"\n"
                              "    request_headers:\n"
                              "      set:\n"
                              "        X-Api-Key: \"${env:DECHUNKD_TEST_KEY}\"\n"
@@ -419,8 +425,9 @@ TEST_CASE("${env:NAME} and ${file:PATH} expand; $${ is a literal ${") {
   CHECK(r.request_headers.set[1].second == "${env:DECHUNKD_TEST_KEY} and $$ and $x");
   CHECK(r.request_headers.set[2].second == "a-k-123-b");
 
-  const std::string head = kListen + "routes:\n  - name: a\n    path: /a\n    mode: echo\n"
-                                     "    request_headers:\n      set:\n";
+  const std::string head = kListen +
+                           "routes:\n  - name: a\n    path: /a\n    mode: echo\n"
+                           "    request_headers:\n      set:\n";
   CHECK(error_of(head + "        X-A: \"${env:DECHUNKD_TEST_UNSET}\"\n") ==
         "t.yaml:9:14: environment variable 'DECHUNKD_TEST_UNSET' is not set");
   CHECK(error_of(head + "        X-A: \"${file:/nonexistent/secret}\"\n") ==
@@ -439,15 +446,20 @@ TEST_CASE("${env:NAME} and ${file:PATH} expand; $${ is a literal ${") {
 
 TEST_CASE("expanded text is not expanded again") {
   setenv("DECHUNKD_TEST_NESTED", "${env:HOME}", 1);
-  auto c = ok(kListen + "routes:\n  - name: a\n    path: /a\n    mode: echo\n"
-                        "    request_headers: {set: {X-A: \"${env:DECHUNKD_TEST_NESTED}\"}}\n");
+  auto c = ok(kListen +
+              "routes:\n  - name: a\n    path: /a\n    mode: echo\n"
+              "    request_headers: {set: {X-A: \"${env:DECHUNKD_TEST_NESTED}\"}}\n");
   CHECK(c->routes[0].request_headers.set[0].second == "${env:HOME}");
 }
 
 TEST_CASE("config_detail::read_secret_file trims exactly one newline") {
-  for (auto [content, want] : std::vector<std::pair<std::string, std::string>>{
-           {"abc", "abc"}, {"abc\n", "abc"}, {"abc\r\n", "abc"}, {"abc\n\n", "abc\n"},
-           {"abc\r", "abc\r"}, {"\n", ""}, {"", ""}}) {
+  for (auto [content, want] : std::vector<std::pair<std::string, std::string>>{{"abc", "abc"},
+                                                                               {"abc\n", "abc"},
+                                                                               {"abc\r\n", "abc"},
+                                                                               {"abc\n\n", "abc\n"},
+                                                                               {"abc\r", "abc\r"},
+                                                                               {"\n", ""},
+                                                                               {"", ""}}) {
     TempFile f(content);
     std::string out;
     CHECK_FALSE(config_detail::read_secret_file(f.path, out).has_value());
@@ -509,8 +521,9 @@ TEST_CASE("a proxy route with every key") {
 }
 
 TEST_CASE("route defaults and the target shorthand") {
-  auto c = ok(kListen + "routes:\n  - name: a\n    path_prefix: /hooks/\n"
-                        "    target: http://example.com\n");
+  auto c = ok(kListen +
+              "routes:\n  - name: a\n    path_prefix: /hooks/\n"
+              "    target: http://example.com\n");
   const RouteConfig& r = c->routes.at(0);
   CHECK(r.prefix);
   CHECK(r.path == "/hooks/");
@@ -539,8 +552,7 @@ TEST_CASE("route names, paths and methods") {
         "letter or digit)");
   CHECK(error_of(head + "    name: a b\n    path: /a\n").find("invalid route name 'a b'") !=
         std::string::npos);
-  CHECK(error_of(head + "    name: a\n    path: a\n") ==
-        "t.yaml:6:11: 'path' must start with '/'");
+  CHECK(error_of(head + "    name: a\n    path: a\n") == "t.yaml:6:11: 'path' must start with '/'");
   CHECK(error_of(head + "    name: a\n    path_prefix: \"/a?x\"\n") ==
         "t.yaml:6:18: 'path_prefix' must not contain '?', '#', spaces, control or non-ASCII "
         "characters (paths are matched raw, not percent-decoded)");
@@ -595,8 +607,9 @@ TEST_CASE("target URLs") {
   auto url_error = [](const std::string& u) {
     return error_of(kListen + "routes:\n  - name: a\n    path: /a\n    target: \"" + u + "\"\n");
   };
-  CHECK(url_error("ftp://x/") == "t.yaml:6:13: invalid target URL: the URL must start with "
-                                 "http:// or https://");
+  CHECK(url_error("ftp://x/") ==
+        "t.yaml:6:13: invalid target URL: the URL must start with "
+        "http:// or https://");
   CHECK(url_error("example.com/x") ==
         "t.yaml:6:13: invalid target URL: the URL must start with http:// or https://");
   CHECK(url_error("http://x/a#frag") ==
@@ -604,7 +617,8 @@ TEST_CASE("target URLs") {
   CHECK(url_error("http://user:pw@x/") ==
         "t.yaml:6:13: invalid target URL: the URL must not contain user info ('user:password@')");
   CHECK(url_error("http:///a") == "t.yaml:6:13: invalid target URL: the URL has no host");
-  CHECK(url_error("http://x:0/") == "t.yaml:6:13: invalid target URL: the URL's port must not be 0");
+  CHECK(url_error("http://x:0/") ==
+        "t.yaml:6:13: invalid target URL: the URL's port must not be 0");
   CHECK(url_error("http://x:99999/") ==
         "t.yaml:6:13: invalid target URL: the URL has an invalid port (expected 0-65535)");
   CHECK(url_error("http://x/a b") ==
@@ -632,8 +646,9 @@ TEST_CASE("config_detail::parse_url fills every field") {
   CHECK(u.authority == "prod-00.westeurope.logic.azure.com:443");
   CHECK(u.path == "/workflows/abc/triggers/manual/paths/invoke");
   CHECK(u.query == "api-version=2016-06-01&sig=XYZ");
-  CHECK(u.redacted() ==
-        "https://prod-00.westeurope.logic.azure.com:443/workflows/abc/triggers/manual/paths/invoke");
+  CHECK(
+      u.redacted() ==
+      "https://prod-00.westeurope.logic.azure.com:443/workflows/abc/triggers/manual/paths/invoke");
   REQUIRE_FALSE(config_detail::parse_url("http://10.0.0.5?a=b", u));
   CHECK(u.path == "/");
   CHECK(u.query == "a=b");
@@ -742,13 +757,15 @@ TEST_CASE("queue routes parse fully but are not supported yet") {
   CHECK(errs[1] == "t.yaml:8:18: status 200 is a success and cannot be retried");
   CHECK(errs[2] == "t.yaml:8:28: status 503 is listed twice");
   CHECK(errs[3] == "t.yaml:8:33: an entry of 'on' must be an integer from 100 to 599 (got '600')");
-  errs = errors_of(head + "    target: http://x/\n    retry: {initial_backoff: 2m, max_backoff: 1m}\n");
+  errs = errors_of(head +
+                   "    target: http://x/\n    retry: {initial_backoff: 2m, max_backoff: 1m}\n");
   REQUIRE(errs.size() == 2);
   CHECK(errs[1] ==
         "t.yaml:8:47: 'max_backoff' (1m) must not be smaller than 'initial_backoff' (2m)");
   errs = errors_of(head + "    target: http://x/\n    accept_status: 204\n");
   REQUIRE(errs.size() == 2);
-  CHECK(errs[1] == "t.yaml:8:20: 'accept_status' must be a 2xx status that carries a body (not 204)");
+  CHECK(errs[1] ==
+        "t.yaml:8:20: 'accept_status' must be a 2xx status that carries a body (not 204)");
   errs = errors_of(head + "    target: http://x/\n    accept_status: 302\n");
   REQUIRE(errs.size() == 2);
   CHECK(errs[1] == "t.yaml:8:20: 'accept_status' must be an integer from 200 to 299 (got '302')");
@@ -767,7 +784,8 @@ TEST_CASE("auth parses per type but is not supported yet") {
   const std::string head = kListen + "routes:\n  - name: a\n    path: /a\n    mode: echo\n";
   const std::string pending = "t.yaml:7:5: route 'auth' is not supported yet";
   setenv("DECHUNKD_TEST_PW", "pw", 1);
-  CHECK(error_of(head + "    auth: {type: basic, username: u, password: \"${env:DECHUNKD_TEST_PW}\"}\n") ==
+  CHECK(error_of(head +
+                 "    auth: {type: basic, username: u, password: \"${env:DECHUNKD_TEST_PW}\"}\n") ==
         pending);
   CHECK(error_of(head + "    auth: {type: bearer, token: abc.def}\n") == pending);
   CHECK(error_of(head + "    auth: {type: header, name: X-API-Key, value: v}\n") == pending);
@@ -794,8 +812,9 @@ TEST_CASE("auth parses per type but is not supported yet") {
         "t.yaml:7:59: invalid value 'md5' for 'algorithm' (expected one of: sha256, sha512)");
   errs = errors_of(head + "    auth: {type: oauth}\n");
   REQUIRE(errs.size() == 2);
-  CHECK(errs[1] == "t.yaml:7:18: invalid value 'oauth' for 'type' (expected one of: basic, "
-                   "bearer, header, hmac, standard_webhooks)");
+  CHECK(errs[1] ==
+        "t.yaml:7:18: invalid value 'oauth' for 'type' (expected one of: basic, "
+        "bearer, header, hmac, standard_webhooks)");
   errs = errors_of(head + "    auth: {type: bearer, tokne: x}\n");
   REQUIRE(errs.size() == 3);
   CHECK(errs[1] == "t.yaml:7:11: missing required key 'token' for auth type 'bearer'");
@@ -805,23 +824,25 @@ TEST_CASE("auth parses per type but is not supported yet") {
 TEST_CASE("every feature of a later release is refused at its key") {
   TempFile token("t\n");
   const std::string yaml =
-      "listen:\n"                                                    // 1
-      "  - address: \"0.0.0.0:8443\"\n"                              // 2
+      "listen:\n"                                                                    // 1
+      "  - address: \"0.0.0.0:8443\"\n"                                              // 2
       "    tls: {certificate: /c.pem, private_key: /k.pem, min_version: \"1.3\"}\n"  // 3
-      "    trusted_proxies: [\"10.0.0.0/8\", \"::1\"]\n"            // 4
-      "admin:\n"                                                     // 5
-      "  address: \"0.0.0.0:9901\"\n"                                // 6
-      "  token_file: " + token.path + "\n"                           // 7
-      "routes:\n"                                                    // 8
-      "  - name: x\n"                                                // 9
-      "    path: /x\n"                                               // 10
-      "    allow_from: [\"203.0.113.0/24\"]\n"                       // 11
-      "    auth: {type: bearer, token: t}\n"                         // 12
-      "    targets:\n"                                               // 13
-      "      - url: https://legacy.example.com/webhook\n"            // 14
+      "    trusted_proxies: [\"10.0.0.0/8\", \"::1\"]\n"                             // 4
+      "admin:\n"                                                                     // 5
+      "  address: \"0.0.0.0:9901\"\n"                                                // 6
+      "  token_file: " +
+      token.path +
+      "\n"                                                 // 7
+      "routes:\n"                                          // 8
+      "  - name: x\n"                                      // 9
+      "    path: /x\n"                                     // 10
+      "    allow_from: [\"203.0.113.0/24\"]\n"             // 11
+      "    auth: {type: bearer, token: t}\n"               // 12
+      "    targets:\n"                                     // 13
+      "      - url: https://legacy.example.com/webhook\n"  // 14
       "        tls: {verify: false, ca_file: /ca.pem, client_certificate: /c, "
       "client_private_key: /k, server_name: legacy.example.com}\n"  // 15
-      "        proxy: \"http://proxy.corp:3128\"\n";                 // 16
+      "        proxy: \"http://proxy.corp:3128\"\n";                // 16
   const auto errs = errors_of(yaml);
   const std::vector<std::string> want = {
       "t.yaml:3:5: listener 'tls' (HTTPS) is not supported yet",
@@ -836,39 +857,44 @@ TEST_CASE("every feature of a later release is refused at its key") {
 }
 
 TEST_CASE("not-yet features are still validated") {
-  auto errs = errors_of("listen:\n  - address: \"0.0.0.0:1\"\n    trusted_proxies: [\"10.0.0.1/8\"]\n");
+  auto errs =
+      errors_of("listen:\n  - address: \"0.0.0.0:1\"\n    trusted_proxies: [\"10.0.0.1/8\"]\n");
   REQUIRE(errs.size() == 2);
-  CHECK(errs[1] == "t.yaml:3:23: invalid CIDR block '10.0.0.1/8' (e.g. 10.0.0.0/8 or "
-                   "2001:db8::/32; host bits must be zero)");
-  errs = errors_of(kListen + "routes:\n  - name: a\n    path: /a\n"
-                             "    targets: [{url: http://x/, proxy: \"https://p:1\"}]\n");
+  CHECK(errs[1] ==
+        "t.yaml:3:23: invalid CIDR block '10.0.0.1/8' (e.g. 10.0.0.0/8 or "
+        "2001:db8::/32; host bits must be zero)");
+  errs = errors_of(kListen +
+                   "routes:\n  - name: a\n    path: /a\n"
+                   "    targets: [{url: http://x/, proxy: \"https://p:1\"}]\n");
   REQUIRE(errs.size() == 2);
-  CHECK(errs[1] == "t.yaml:6:39: the proxy URL must be http:// (CONNECT proxies are reached in "
-                   "plain HTTP)");
-  errs = errors_of(kListen + "routes:\n  - name: a\n    path: /a\n"
-                             "    targets: [{url: http://x/, tls: {verify: true}}]\n");
+  CHECK(errs[1] ==
+        "t.yaml:6:39: the proxy URL must be http:// (CONNECT proxies are reached in "
+        "plain HTTP)");
+  errs = errors_of(kListen +
+                   "routes:\n  - name: a\n    path: /a\n"
+                   "    targets: [{url: http://x/, tls: {verify: true}}]\n");
   REQUIRE(errs.size() == 2);
   CHECK(errs[0] == "t.yaml:6:32: 'tls' applies only to https:// targets");
 }
 
 TEST_CASE("all errors are reported in one run, in file order") {
   const std::string yaml =
-      "listen:\n"                               // 1
-      "  - address: \"0.0.0.0\"\n"              // 2
-      "workers: many\n"                         // 3
-      "limits:\n"                               // 4
-      "  max_body_size: 10 MiB\n"               // 5
-      "  max_body_size: 1MiB\n"                 // 6
-      "timeouts:\n"                             // 7
-      "  header: 1.5s\n"                        // 8
-      "log:\n"                                  // 9
-      "  access: off\n"                         // 10
-      "  levle: info\n"                         // 11
-      "routes:\n"                               // 12
-      "  - name: a\n"                           // 13
-      "    path: /a\n"                          // 14
-      "    retry: {}\n"                         // 15
-      "    target: ftp://x/\n";                 // 16
+      "listen:\n"                   // 1
+      "  - address: \"0.0.0.0\"\n"  // 2
+      "workers: many\n"             // 3
+      "limits:\n"                   // 4
+      "  max_body_size: 10 MiB\n"   // 5
+      "  max_body_size: 1MiB\n"     // 6
+      "timeouts:\n"                 // 7
+      "  header: 1.5s\n"            // 8
+      "log:\n"                      // 9
+      "  access: off\n"             // 10
+      "  levle: info\n"             // 11
+      "routes:\n"                   // 12
+      "  - name: a\n"               // 13
+      "    path: /a\n"              // 14
+      "    retry: {}\n"             // 15
+      "    target: ftp://x/\n";     // 16
   const std::vector<std::string> want = {
       "t.yaml:2:14: invalid address '0.0.0.0': missing ':PORT' (write host:port, e.g. "
       "127.0.0.1:8080)",
@@ -886,8 +912,9 @@ TEST_CASE("all errors are reported in one run, in file order") {
 }
 
 TEST_CASE("the loader never throws on hostile input") {
-  for (const char* yaml : {"\t", "[", "{", "&a [*a]", "*x", "!!binary xx", "? ? ?", "%YAML 9.9\n---\n",
-                           "listen: &l [*l]", "a: !<tag> b", "\xff\xfe", "listen:\n  - address: &a\n"
+  for (const char* yaml : {"\t", "[", "{", "&a [*a]", "*x", "!!binary xx", "? ? ?",
+                           "%YAML 9.9\n---\n", "listen: &l [*l]", "a: !<tag> b", "\xff\xfe",
+                           "listen:\n  - address: &a\n"
                            "      <<: *a\n"}) {
     CAPTURE(yaml);
     LoadResult r;
