@@ -345,8 +345,16 @@ void InboundConnection::head_complete() {
   // A request id is needed for any answer, so settle it first.
   ctx_.request_id_generated = true;
   if (!bad) {
+    // The sender's X-Request-Id is kept, unless its Connection header makes it hop-by-hop:
+    // the target must get the id the sender is told.
+    std::vector<std::string_view> conn_tokens;
     for (const HeaderField& f : head.fields) {
-      if (iequals(f.name, "x-request-id") && !f.value.empty()) {
+      if (iequals(f.name, "connection")) split_tokens(f.value, conn_tokens);
+    }
+    bool listed = false;
+    for (auto t : conn_tokens) listed = listed || iequals(t, "x-request-id");
+    for (const HeaderField& f : head.fields) {
+      if (!listed && iequals(f.name, "x-request-id") && !f.value.empty()) {
         ctx_.request_id.assign(f.value);
         ctx_.request_id_generated = false;
         break;

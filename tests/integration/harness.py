@@ -39,8 +39,8 @@ WAIT = 5.0 * SCALE          # default deadline for one response or one log line
 START_WAIT = 10.0 * SCALE   # daemon start-up (readiness probe)
 
 _TOKEN = re.compile(rb"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_REQUEST_LINE = re.compile(rb"^([A-Z]+) (/\S*) (HTTP/1\.[01])$")
-_STATUS_LINE = re.compile(rb"^(HTTP/1\.[01]) ([0-9]{3}) ?([^\r\n]*)$")
+_REQUEST_LINE = re.compile(rb"^([A-Z]+) (/[\x21-\x7e]*) (HTTP/1\.[01])$")
+_STATUS_LINE = re.compile(rb"^(HTTP/1\.[01]) ([0-9]{3}) ([\t\x20-\x7e\x80-\xff]*)$")
 _LISTENING = re.compile(r"listening on (\S+):(\d+)\s*$")
 
 
@@ -438,7 +438,7 @@ class Reply:
     def encode(self) -> bytes:
         if self.raw is not None:
             return self.raw
-        head = [f"HTTP/1.1 {self.status} {self.reason}".rstrip().encode()]
+        head = [f"HTTP/1.1 {self.status} {self.reason}".encode()]
         head += [_b(n) + b": " + _b(v) for n, v in self.headers]
         body = self.body
         if self.framing == "length":
@@ -486,6 +486,7 @@ class StrictReceiver:
         self._requests: list[Seen] = []
         self.violations: list[str] = []
         self.connections = 0
+        self.closed_by_peer: set = set()  # connection ids the gateway closed between requests
         self.handler: Callable[[Seen], Reply] = default_reply
         self._socks: list[socket.socket] = []
         self._closing = False
@@ -537,6 +538,11 @@ class StrictReceiver:
                                   f"{[s.method + ' ' + s.target for s in self._requests]}; "
                                   f"violations {self.violations}")
             return list(self._requests)
+
+    def wait_closed_by_peer(self, cid: int, timeout: float = WAIT):
+        with self._cv:
+            if not self._cv.wait_for(lambda: cid in self.closed_by_peer, timeout):
+                raise WaitTimeout(f"the gateway did not close upstream connection {cid}")
 
     def assert_clean(self):
         with self._cv:
@@ -604,7 +610,10 @@ class StrictReceiver:
     def _serve_one(self, stream: Stream, cid: int, index: int) -> bool:
         """Reads and answers one request; False when the connection is done."""
         if not stream.buf and not stream.fill(None):
-            return False  # clean close between requests
+            with self._cv:
+                self.closed_by_peer.add(cid)  # clean close between requests
+                self._cv.notify_all()
+            return False
         raw = stream.read_until(b"\r\n\r\n", None, limit=1 << 20)
         start, lines = split_head(raw)
         m = _REQUEST_LINE.match(start)

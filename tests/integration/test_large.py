@@ -28,7 +28,7 @@ def storage_fds(pid: int, storage_dir: str) -> set:
 
 
 def upload_chunked(port: int, path: str, blocks, timeout: float) -> tuple:
-    """Streams a chunked POST of `blocks`; returns (status, response body)."""
+    """Streams a chunked POST of `blocks`; returns (status, response body, request id)."""
     c = Client(port, timeout=timeout)
     try:
         c.send(CHUNKED_HEAD.replace(b"/up", path.encode(), 1))
@@ -38,7 +38,7 @@ def upload_chunked(port: int, path: str, blocks, timeout: float) -> tuple:
             c.send(b"\r\n")
         c.send(b"0\r\n\r\n")
         resp = c.final_response(timeout=timeout)
-        return resp.status, resp.body
+        return resp.status, resp.body, resp.header("X-Request-Id")
     finally:
         c.close()
 
@@ -122,6 +122,7 @@ class LargeBodyTests(GatewayCase):
         results = run_parallel(50, work, 60 * SCALE)
         self.assertEqual([r[0] for r in results], [200] * 50)
         self.assertEqual([r[1] for r in results], [f"POST /up?i={i}".encode() for i in range(50)])
+        self.assertEqual(len({r[2] for r in results}), 50, "request ids repeat across workers")
         by_target = {s.target: s for s in self.rcv.wait_requests(50)}
         for i, body in enumerate(bodies):
             self.assertEqual(by_target[f"/up?i={i}"].body_sha256, hashlib.sha256(body).hexdigest())
@@ -135,7 +136,6 @@ class LargeBodyTests(GatewayCase):
         c.send(build_request("GET", "/up"))
         time.sleep(1.5)  # not reading: the gateway must stop reading from the target
         grown_mib = (self.gw.memory_kib("VmRSS") - before) / 1024
-        print(f"\nRSS growth while stalled: {grown_mib:.1f} MiB")
         resp = c.final_response("GET", timeout=30 * SCALE)
         self.assertEqual(hashlib.sha256(resp.body).digest(), hashlib.sha256(body).digest())
         self.assertLess(grown_mib, 24, f"RSS grew {grown_mib:.0f} MiB while the client stalled")

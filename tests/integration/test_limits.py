@@ -2,12 +2,13 @@
 import time
 import unittest
 
-from harness import (WAIT, Client, Daemon, GatewayCase, build_request, chunked_body,
-                     wait_until)
+from harness import (SANITIZED, WAIT, Client, Daemon, GatewayCase, build_request, chunked_body,
+                     scaled, wait_until)
 
 LIMITS = {"max_body_size": 1000, "max_header_size": 1024, "max_headers": 10,
           "max_uri_size": 256}
-TIMERS = {"header": "1s", "body": "1s", "idle": "1s"}
+T = 2.0 if SANITIZED else 1.0  # the daemon's header, body and idle timers, in seconds
+TIMERS = {"header": f"{int(T * 1000)}ms", "body": f"{int(T * 1000)}ms", "idle": f"{int(T * 1000)}ms"}
 HEAD = b"POST /l HTTP/1.1\r\nHost: gw\r\n"
 
 
@@ -35,6 +36,7 @@ class LimitTests(GatewayCase):
             {"name": "l", "path_prefix": "/l", "target": cls.rcv.url("/l")},
             {"name": "big", "path": "/big", "target": cls.rcv.url("/big"),
              "max_body_size": 5000},
+            {"name": "get-only", "path": "/g", "methods": ["GET"], "target": cls.rcv.url("/g")},
         ], limits=LIMITS, timeouts=TIMERS)
 
     def accepted(self, raw: bytes, method: str = "POST"):
@@ -132,13 +134,38 @@ class LimitTests(GatewayCase):
                 else:
                     self.assert_rejected(raw, 431, closed=None)
 
+    def test_order_of_checks(self):
+        """505, framing 400/501, 414, 431, 404, 405, 417, 413 (SPEC 11), complete heads."""
+        long = "/l/" + "a" * 300
+        cl_te = [("Content-Length", "5"), ("Transfer-Encoding", "chunked")]
+        cases = [
+            ("505 before 414", build_request("POST", long, version="HTTP/2.0", body=b"x"), 505),
+            ("400 before 414", build_request("POST", long, cl_te) + b"0\r\n\r\n", 400),
+            ("501 before 414", build_request("POST", long, [("Transfer-Encoding", "gzip")]), 501),
+            ("414 before 431", build_request("POST", long, [("X-Pad", "a" * 1100)], body=b"x"),
+             414),
+            ("414 before 404", build_request("POST", "/nope/" + "a" * 300, body=b"x"), 414),
+            ("431 size before 404", build_request("POST", "/nope", [("X-Pad", "a" * 1100)],
+                                                  body=b"x"), 431),
+            ("431 count before 404", build_request("POST", "/nope", [(f"X-{i}", "v")
+                                                                     for i in range(12)]), 431),
+            ("404 before 413", build_request("POST", "/nope", body=b"x" * 2000), 404),
+            ("405 before 417", build_request("POST", "/g", [("Expect", "foo")], body=b"x"), 405),
+            ("405 before 413", build_request("POST", "/g", body=b"x" * 2000), 405),
+            ("417 before 413", build_request("POST", "/l", [("Expect", "foo")], body=b"x" * 2000),
+             417),
+        ]
+        for name, raw, status in cases:
+            with self.subTest(name):
+                self.assert_rejected(raw, status)
+
     # -- timers -----------------------------------------------------------------------------
     def assert_timeout_408(self, c: Client, started: float):
         resp = c.final_response(timeout=WAIT)
         elapsed = time.monotonic() - started
         self.assert_error(resp, 408, "request_timeout")
-        self.assertGreater(elapsed, 0.8, "408 before the timer ran out")
-        self.assertLess(elapsed, 3.0, "408 long after the 1 s timer")
+        self.assertGreater(elapsed, 0.8 * T, "408 before the timer ran out")
+        self.assertLess(elapsed, T + scaled(2), "408 long after the timer")
         self.assertTrue(c.is_closed())
         self.rcv.assert_nothing()
 
@@ -154,15 +181,25 @@ class LimitTests(GatewayCase):
         trickle = iter(HEAD + b"X-Slow: " + b"s" * 100)
         while c.state_after(0.1) == "open":
             c.send(bytes([next(trickle)]))
-            self.assertLess(time.monotonic() - started, 4.0, "a trickled head never timed out")
+            self.assertLess(time.monotonic() - started, T + scaled(3), "a trickled head never timed out")
         self.assert_timeout_408(c, started)
+
+    def test_header_timer_stops_when_the_head_is_complete(self):
+        c = self.connect()
+        c.send(HEAD[:5])
+        time.sleep(0.6 * T)
+        c.send(HEAD[5:] + b"Content-Length: 5\r\n\r\n")  # head complete at 0.6 T
+        time.sleep(0.7 * T)  # past the header timer, within the body timer
+        c.send(b"hello")
+        resp = c.final_response()
+        self.assertEqual(resp.status, 200, f"response: {resp}")
 
     def test_silent_close_when_no_byte_was_sent(self):
         c = self.connect()
         started = time.monotonic()
         self.assertTrue(c.is_closed(WAIT), "an idle new connection must be closed")
         self.assertEqual(c.stream.buf, b"", "nothing may be answered")
-        self.assertGreater(time.monotonic() - started, 0.8)
+        self.assertGreater(time.monotonic() - started, 0.8 * T)
 
     def test_body_timeout(self):
         cases = {"length": HEAD + b"Content-Length: 10\r\n\r\nhello",
@@ -180,21 +217,21 @@ class LimitTests(GatewayCase):
         c.send(HEAD + b"Content-Length: 30\r\n\r\n")
         while c.state_after(0.2) == "open":
             c.send(b"x")
-            self.assertLess(time.monotonic() - started, 5.0, "a trickled body never timed out")
+            self.assertLess(time.monotonic() - started, T + scaled(4), "a trickled body never timed out")
         self.assert_timeout_408(c, started)
 
     def test_idle_keep_alive_closed_silently(self):
         resp, c = self.exchange(build_request("POST", "/l", body=b"x"))
         self.assertEqual(resp.status, 200)
         started = time.monotonic()
-        self.assertFalse(c.is_closed(0.5), "closed before the idle timer")
+        self.assertFalse(c.is_closed(0.5 * T), "closed before the idle timer")
         self.assertTrue(c.is_closed(WAIT), "idle keep-alive connection not closed")
-        self.assertLess(time.monotonic() - started, 3.0)
+        self.assertLess(time.monotonic() - started, T + scaled(2))
 
     def test_header_timer_starts_at_first_byte_of_next_request(self):
         resp, c = self.exchange(build_request("POST", "/l", body=b"x"))
         self.assertEqual(resp.status, 200)
-        time.sleep(0.6)  # idle, below timeouts.idle
+        time.sleep(0.6 * T)  # idle, below timeouts.idle
         started = time.monotonic()
         c.send(HEAD)     # a partial head: now the header timer runs
         self.rcv.reset()

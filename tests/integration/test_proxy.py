@@ -4,7 +4,7 @@ import time
 import unittest
 
 from harness import (ANY, Daemon, GatewayCase, PeerClosed, Reply, build_request, exact_request,
-                     free_port, pseudo_random)
+                     free_port, pseudo_random, scaled)
 
 MERGE_TRAILERS_NEVER = [
     ("Authorization", "Bearer t"), ("Content-Type", "text/evil"), ("Host", "evil.example"),
@@ -19,7 +19,8 @@ MERGE_TRAILERS_NEVER = [
 
 
 class ProxyTests(GatewayCase):
-    receiver_names = ("main", "drop", "reset", "garbage", "resend", "idle", "slow", "closing")
+    receiver_names = ("main", "drop", "reset", "garbage", "resend", "idle", "slow", "closing",
+                      "reuse", "short-idle", "desync")
 
     @classmethod
     def gateway(cls):
@@ -43,6 +44,18 @@ class ProxyTests(GatewayCase):
             {"name": "resend", "path": "/resend", "target": r["resend"].url("/resend")},
             {"name": "idle", "path": "/idle", "target": r["idle"].url("/idle")},
             {"name": "closing", "path": "/closing", "target": r["closing"].url("/closing")},
+            {"name": "reuse", "path": "/reuse", "target": r["reuse"].url("/reuse")},
+            {"name": "desync", "path": "/desync", "target": r["desync"].url("/desync")},
+            {"name": "short-idle", "path": "/short-idle",
+             "targets": [{"url": r["short-idle"].url("/si"), "idle_timeout": "300ms"}]},
+            {"name": "target-rules", "path": "/trules",
+             "request_headers": {"set": {"X-K": "route", "X-A": "a", "X-B": "b"}},
+             "targets": [{"url": r["main"].url("/trules"),
+                          "headers": {"set": {"X-K": "target"}, "remove": ["X-B", "X-Rm"]}}]},
+            {"name": "preserve", "path": "/preserve",
+             "targets": [{"url": r["main"].url("/preserve"), "preserve_host": True}]},
+            {"name": "localhost", "path": "/localhost",
+             "target": f"http://localhost:{r['main'].port}/lh"},
             {"name": "route-slow-target", "path": "/slow",
              "targets": [{"url": r["slow"].url("/slow/path?sig=SLOWSECRET"), "timeout": "1s"}]},
             {"name": "route-dead-target", "path": "/dead",
@@ -306,13 +319,42 @@ class ProxyTests(GatewayCase):
     # -- the upstream pool ------------------------------------------------------------------
     def test_upstream_connection_reused(self):
         for i in range(3):
-            resp, _ = self.exchange(build_request("POST", "/plain", [("Connection", "close")],
+            resp, _ = self.exchange(build_request("POST", "/reuse", [("Connection", "close")],
                                                   body=b"%d" % i))
             self.assertEqual(resp.status, 200)
-        seen = self.rcv.wait_requests(3)
-        self.assertEqual(len({s.conn for s in seen}), 1,
-                         f"expected one upstream connection, got {[s.conn for s in seen]}")
-        self.assertEqual([s.index for s in seen], [seen[0].index + i for i in range(3)])
+        seen = self.r["reuse"].wait_requests(3)
+        self.assertEqual([(s.conn, s.index) for s in seen], [(1, 0), (1, 1), (1, 2)])
+
+    def test_pooled_connection_closed_after_target_idle_timeout(self):
+        rcv = self.r["short-idle"]
+        started = time.monotonic()
+        self.forward(build_request("POST", "/short-idle", body=b"x"), receiver=rcv)
+        rcv.wait_closed_by_peer(1)
+        self.assertGreater(time.monotonic() - started, 0.25, "closed before idle_timeout")
+
+    def test_target_header_rules_apply_after_route_rules(self):
+        seen, _ = self.forward(build_request("POST", "/trules", [
+            ("X-Rm", "1"), ("X-Keep", "k"), ("X-K", "client")], body=b"x"))
+        self.assert_headers(seen.headers, [
+            ("Host", self.rcv.authority), ("X-Keep", "k"), ("X-Forwarded-For", "127.0.0.1"),
+            ("X-A", "a"), ("X-K", "target"), ("X-Forwarded-Proto", "http"),
+            ("X-Forwarded-Host", "gw.example"), ("X-Request-Id", ANY), ("Content-Length", "1")])
+
+    def test_preserve_host(self):
+        seen, _ = self.forward(build_request("POST", "/preserve", host="gw.example:8080",
+                                             body=b"x"))
+        self.assertEqual(seen.header("Host"), "gw.example:8080")
+        self.assertEqual(seen.header("X-Forwarded-Host"), "gw.example:8080")
+
+    def test_target_by_host_name(self):
+        seen, _ = self.forward(build_request("POST", "/localhost", body=b"x"))
+        self.assertEqual((seen.target, seen.header("Host")),
+                         ("/lh", f"localhost:{self.rcv.port}"))
+
+    def test_get_with_chunked_body_gets_content_length(self):
+        seen, _ = self.forward(build_request("GET", "/plain", chunks=[b"q", b"uery"]),
+                               method="GET")
+        self.assert_forwarded(seen, "/plain", b"query", method="GET")
 
     def test_target_connection_close_is_honoured(self):
         rcv = self.r["closing"]
@@ -367,11 +409,11 @@ class ProxyTests(GatewayCase):
                                  f"127.0.0.1:{self.dead_port}/dead/path", "DEADSECRET")
 
     def test_target_timeout_is_504_and_logged_without_query(self):
-        self.r["slow"].reply_with(Reply(body=b"late", delay=2.5))
+        self.r["slow"].reply_with(Reply(body=b"late", delay=1 + scaled(1.5)))
         mark = self.gw.log_mark()
         c = self.connect()
         c.send(build_request("POST", "/slow", body=b"x"))
-        resp = c.final_response(timeout=2.2)
+        resp = c.final_response(timeout=1 + scaled(1.2))  # the target timeout is 1 s
         self.assert_error(resp, 504, "gateway_timeout")
         self.assertFalse(c.is_closed(0.3), "504 keeps the connection open")
         self.assert_error_logged(mark, "route-slow-target",
@@ -391,7 +433,7 @@ class ProxyTests(GatewayCase):
         cases = {"reset": Reply(body=b"y" * 5000, action="reset", cut_at=head_len + 1000),
                  "close": Reply(body=b"y" * 5000, action="cut", cut_at=head_len + 1000),
                  "stall past upstream_idle": Reply(body=b"y" * 5000, action="stall",
-                                                   cut_at=head_len + 1000, stall=4),
+                                                   cut_at=head_len + 1000, stall=1 + scaled(2.5)),
                  "chunked, close before the last chunk": Reply(
                      body=b"y" * 5000, framing="chunked", chunk_size=1000, action="cut",
                      cut_at=head_len + 3000)}
@@ -402,7 +444,7 @@ class ProxyTests(GatewayCase):
                 c = self.connect()
                 c.send(build_request("POST", "/reset", body=b"x"))
                 try:
-                    resp = c.final_response(timeout=3.0)
+                    resp = c.final_response(timeout=1 + scaled(1.5))  # upstream_idle is 1 s
                 except PeerClosed:
                     continue  # the sender sees a truncated answer: correct
                 if resp.status == 502:
@@ -463,6 +505,31 @@ class ProxyTests(GatewayCase):
         time.sleep(0.8)
         resp, _ = self.exchange(build_request("POST", "/plain", body=b"y"))
         self.assertEqual((resp.status, resp.body), (200, b"next"))
+
+    def test_extra_bytes_from_target_never_reach_another_request(self):
+        smuggled = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nevil!!"
+        cases = {
+            "a second response after the first": (
+                "POST", Reply(raw=b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + smuggled)),
+            "a body on a HEAD answer": (
+                "HEAD", Reply(raw=b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + smuggled)),
+            "a body on a 204": (
+                "POST", Reply(raw=b"HTTP/1.1 204 No Content\r\n\r\n" + smuggled)),
+        }
+        for name, (method, reply) in cases.items():
+            with self.subTest(name):
+                rcv = self.r["desync"]
+                rcv.reset()
+                rcv.reply_with(reply, Reply(body=b"good"))
+                body = b"x" if method == "POST" else None
+                first, c = self.exchange(build_request(method, "/desync", body=body), method)
+                self.assertIn(first.status, (200, 204, 502))
+                for client in (c, self.connect()):  # the same client, then another one
+                    resp, _ = self.exchange(build_request("POST", "/desync", body=b"y"),
+                                            client=client)
+                    self.assertEqual((resp.status, resp.body), (200, b"good"),
+                                     "bytes the target sent after its answer were relayed")
+                    rcv.reply_with(Reply(body=b"good"))
 
     def test_malformed_target_response_is_502(self):
         cases = {

@@ -77,9 +77,10 @@ class RoutingTests(GatewayCase):
                                      404, "no_route")
 
     def test_no_route_echoes_the_senders_request_id(self):
-        resp = self.assert_rejected(build_request("POST", "/nope", [("X-Request-Id", "rid-404")],
+        rid = 'rid-404 "quoted" \\back\\slash'
+        resp = self.assert_rejected(build_request("POST", "/nope", [("X-Request-Id", rid)],
                                                   body=b"hello"), 404)
-        self.assertEqual(resp.header("X-Request-Id"), "rid-404")
+        self.assertEqual(resp.header("X-Request-Id"), rid)  # and the JSON body escapes it
 
     def test_method_not_allowed_405_with_allow_union(self):
         cases = [("PATCH", "/m", {"GET", "POST", "PUT", "DELETE"}),
