@@ -10,4 +10,6 @@ apt-get update
 apt-get install -y --no-install-recommends \
   build-essential cmake pkg-config ca-certificates \
   libevent-dev node-llhttp libyaml-cpp-dev libssl-dev doctest-dev \
-  clang curl python3 procps
+  clang libclang-rt-14-dev libfuzzer-14-dev \
+  curl python3 procps \
+  lintian rpm rpmlint file dpkg-dev systemd
