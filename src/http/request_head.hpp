@@ -52,12 +52,20 @@ struct RequestHead {
 enum class HeadProgress {
   NeedMore,   // no verdict yet
   Complete,   // a head ends at *head_len
-  Error,      // *error holds the verdict (414, 431, or 400 for bytes that can never be valid)
+  Error,      // *error holds the verdict (414, 431, 505, or 400 for bytes that can never be valid;
+              // at a crossed limit, a framing 400/501 the fields so far already give)
 };
 
 // Scans the bytes received so far. On Complete, *head_len is the length including the final
 // empty line. Only limits and obviously fatal bytes are judged here; parse_request_head does
-// the rest on the complete head.
+// the rest on the complete head. Precisely: request-line and field-line syntax (400) and an
+// unsupported version (505, once the request line has ended) are reported as soon as seen; a
+// crossed limit on a head not yet complete is reported at once as 414 (target) or 431 (size,
+// count), unless the complete field lines so far already give a framing 400/501, which ranks
+// first (SPEC 11). A complete head in the buffer is always Complete, even over a limit: parse
+// then applies the complete-head order (505, framing, 414, 431). Empty lines (CRLF) before the
+// request line are skipped (RFC 9112 2.2) and count toward max_header_size; max_header_size
+// counts every byte before the final empty line. Stateless: rescans buf on each call.
 HeadProgress scan_request_head(std::string_view buf, const HeadLimits& lim, size_t* head_len,
                                ErrorKind* error);
 
@@ -74,7 +82,9 @@ HeadProgress scan_request_head(std::string_view buf, const HeadLimits& lim, size
 // line syntax 400, version 505, field syntax 400, framing 400/501 (CL+TE before coding rules),
 // 414, 431, Host rules 400, absolute-form 400, CONNECT 501, Upgrade 501. The route-dependent
 // checks (404, 403, 405, 401, 417, 413) are the caller's.
-// On success returns nullopt and fills *out (views into `raw`).
+// Also R8: a target that is not origin-form is 400, except "OPTIONS *" (accepted, path "*").
+// On success returns nullopt and fills *out (views into `raw`). On failure *out still holds the
+// request line as far as it was parsed (method, target, path) for the log.
 std::optional<HeadError> parse_request_head(std::string_view raw, const HeadLimits& lim,
                                             RequestHead* out);
 

@@ -321,7 +321,7 @@ bool InboundConnection::process_head_bytes(const BlockRef&, const char* p, size_
   size_t old = head_buf_.size();
   head_buf_.append(p, n);
   size_t head_len = 0;
-  ErrorKind err = ErrorKind::BadRequest;
+  HeadError err{ErrorKind::BadRequest, ""};
   HeadProgress prog = scan_request_head(head_buf_, ctx_.runtime->head_limits, &head_len, &err);
   if (prog == HeadProgress::NeedMore) {
     *used = n;
@@ -329,7 +329,7 @@ bool InboundConnection::process_head_bytes(const BlockRef&, const char* p, size_
   }
   if (prog == HeadProgress::Error) {
     ctx_.request_id = worker_.new_request_id();
-    send_error(err, error_default_message(err), true);
+    send_error(err.kind, err.message, true);
     return false;
   }
   // Bytes past the head belong to the body (or the next request): leave them in the block.

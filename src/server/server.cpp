@@ -12,6 +12,7 @@
 
 #include "log/log.hpp"
 #include "net/socket.hpp"
+#include "server/notify.hpp"
 #include "server/runtime.hpp"
 
 namespace dechunkd {
@@ -123,7 +124,7 @@ int Server::run() {
     log_warn("admin.address is set but the admin endpoint is not available in this version yet");
   }
   base_.reset(event_base_new());
-  for (int sig : {SIGTERM, SIGINT, SIGHUP}) {
+  for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGUSR1}) {
     signal_events_.emplace_back(evsignal_new(base_.get(), sig, on_signal, this));
     event_add(signal_events_.back().get(), nullptr);
   }
@@ -144,6 +145,7 @@ int Server::run() {
   }
   log_info(std::string("dechunkd ") + "started with " + std::to_string(config_->workers) + " worker(s), " +
            std::to_string(config_->routes.size()) + " route(s)");
+  sd_notify_message("READY=1\nSTATUS=accepting connections");
   event_base_loop(base_.get(), EVLOOP_NO_EXIT_ON_EMPTY);
   for (auto& t : threads_) t.join();
   threads_.clear();
@@ -167,8 +169,13 @@ void Server::on_signal(evutil_socket_t sig, short, void* arg) {
     s->reload();
     return;
   }
+  if (sig == SIGUSR1) {
+    s->reopen_logs();
+    return;
+  }
   ++s->stop_signals_;
   if (s->stop_signals_ == 1) {
+    sd_notify_message("STOPPING=1");
     log_info(std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") + ": draining (up to " +
              format_duration(s->config_->timeouts.drain) + ")");
     for (auto& w : s->workers_) w->request_drain();
@@ -188,7 +195,22 @@ bool same_listeners(const Config& a, const Config& b) {
 }
 }  // namespace
 
+void Server::reopen_logs() {
+  std::string error;
+  if (!access_sink_.reopen(config_->log.access, &error)) {
+    log_error("SIGUSR1: " + error + "; still writing to the previous access log");
+  } else {
+    log_info("SIGUSR1: access log reopened");
+  }
+}
+
 void Server::reload() {
+  sd_notify_message("RELOADING=1");
+  reload_config();
+  sd_notify_message("READY=1");
+}
+
+void Server::reload_config() {
   log_info("SIGHUP: reloading " + config_->path);
   LoadResult loaded = load_config_file(config_->path);
   if (!loaded.errors.empty()) {
@@ -217,7 +239,8 @@ void Server::reload() {
     log_warn("reload: listen addresses changed; this version applies them only at a restart");
     next->listen = config_->listen;
   }
-  if (next->log.access != config_->log.access) {
+  {
+    // Reopened on every reload, so a reload after rotation also starts a fresh file.
     std::string error;
     if (!access_sink_.reopen(next->log.access, &error)) {
       log_error("reload: " + error + "; keeping the previous access log");

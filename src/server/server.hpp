@@ -26,6 +26,8 @@ class Server {
   static void on_signal(evutil_socket_t sig, short, void* arg);
   static void on_worker_exit(evutil_socket_t, short, void* arg);
   void reload();
+  void reload_config();
+  void reopen_logs();
 
   std::shared_ptr<const Config> config_;
   SharedState shared_;

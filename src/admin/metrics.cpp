@@ -1,0 +1,192 @@
+#include "admin/metrics.hpp"
+
+#include <charconv>
+#include <cstdio>
+
+namespace dechunkd {
+
+void Histogram::observe(double seconds) {
+  size_t i = 0;
+  while (i < kBounds.size() && seconds > kBounds[i]) ++i;
+  ++buckets[i];
+  ++count;
+  sum += seconds;
+}
+
+void Histogram::add(const Histogram& o) {
+  for (size_t i = 0; i < buckets.size(); ++i) buckets[i] += o.buckets[i];
+  count += o.count;
+  sum += o.sum;
+}
+
+void RouteStats::add(const RouteStats& o) {
+  if (mode.empty()) mode = o.mode;
+  for (auto& kv : o.requests_by_status) requests_by_status[kv.first] += kv.second;
+  duration.add(o.duration);
+  received_bytes += o.received_bytes;
+  chunked_requests += o.chunked_requests;
+  for (auto& kv : o.upstream_duration) upstream_duration[kv.first].add(kv.second);
+}
+
+void WorkerStats::add(const WorkerStats& o) {
+  for (auto& kv : o.routes) routes[kv.first].add(kv.second);
+  requests_in_flight += o.requests_in_flight;
+}
+
+RouteStats& WorkerStats::route(std::string_view name, std::string_view mode) {
+  auto it = routes.find(std::string(name));
+  if (it == routes.end()) it = routes.emplace(std::string(name), RouteStats{}).first;
+  if (it->second.mode.empty()) it->second.mode.assign(mode);
+  return it->second;
+}
+
+namespace {
+
+void label_value(std::string& out, std::string_view v) {
+  for (char c : v) {
+    if (c == '\\') out += "\\\\";
+    else if (c == '"') out += "\\\"";
+    else if (c == '\n') out += "\\n";
+    else out += c;
+  }
+}
+
+void number(std::string& out, uint64_t v) {
+  char buf[24];
+  auto r = std::to_chars(buf, buf + sizeof buf, v);
+  out.append(buf, r.ptr);
+}
+
+void number(std::string& out, int64_t v) {
+  char buf[24];
+  auto r = std::to_chars(buf, buf + sizeof buf, v);
+  out.append(buf, r.ptr);
+}
+
+void real(std::string& out, double v) {
+  char buf[40];
+  int n = std::snprintf(buf, sizeof buf, "%.9g", v);  // admin path only, not the request path
+  out.append(buf, static_cast<size_t>(n));
+}
+
+void header(std::string& out, std::string_view name, std::string_view type, std::string_view help) {
+  out += "# HELP dechunkd_";
+  out += name;
+  out += ' ';
+  out += help;
+  out += "\n# TYPE dechunkd_";
+  out += name;
+  out += ' ';
+  out += type;
+  out += '\n';
+}
+
+// labels: already rendered `a="x",b="y"` (may be empty)
+void histogram(std::string& out, std::string_view name, const std::string& labels, const Histogram& h) {
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < h.buckets.size(); ++i) {
+    cumulative += h.buckets[i];
+    out += "dechunkd_";
+    out += name;
+    out += "_bucket{";
+    out += labels;
+    if (!labels.empty()) out += ',';
+    out += "le=\"";
+    if (i < Histogram::kBounds.size()) real(out, Histogram::kBounds[i]); else out += "+Inf";
+    out += "\"} ";
+    number(out, cumulative);
+    out += '\n';
+  }
+  out += "dechunkd_";
+  out += name;
+  out += "_sum{";
+  out += labels;
+  out += "} ";
+  real(out, h.sum);
+  out += "\ndechunkd_";
+  out += name;
+  out += "_count{";
+  out += labels;
+  out += "} ";
+  number(out, h.count);
+  out += '\n';
+}
+
+std::string route_label(const std::string& route) {
+  std::string l = "route=\"";
+  label_value(l, route);
+  l += '"';
+  return l;
+}
+
+}  // namespace
+
+std::string render_metrics(const WorkerStats& total, const ProcessStats& process, std::string_view version) {
+  std::string out;
+  out.reserve(4096);
+
+  header(out, "requests_total", "counter", "Requests answered, by route, mode and status.");
+  for (auto& [route, rs] : total.routes) {
+    for (auto& [status, n] : rs.requests_by_status) {
+      out += "dechunkd_requests_total{" + route_label(route) + ",mode=\"";
+      label_value(out, rs.mode);
+      out += "\",status=\"";
+      number(out, static_cast<uint64_t>(status));
+      out += "\"} ";
+      number(out, n);
+      out += '\n';
+    }
+  }
+
+  header(out, "request_duration_seconds", "histogram", "Time from the first byte of a request to the end of its response.");
+  for (auto& [route, rs] : total.routes) histogram(out, "request_duration_seconds", route_label(route), rs.duration);
+
+  header(out, "upstream_duration_seconds", "histogram", "Time from sending a request to a target until its response head.");
+  for (auto& [route, rs] : total.routes) {
+    for (auto& [target, h] : rs.upstream_duration) {
+      std::string labels = route_label(route) + ",target=\"";
+      label_value(labels, target);
+      labels += '"';
+      histogram(out, "upstream_duration_seconds", labels, h);
+    }
+  }
+
+  header(out, "received_bytes_total", "counter", "Request body bytes received (after de-chunking).");
+  for (auto& [route, rs] : total.routes) {
+    out += "dechunkd_received_bytes_total{" + route_label(route) + "} ";
+    number(out, rs.received_bytes);
+    out += '\n';
+  }
+
+  header(out, "chunked_requests_total", "counter", "Requests that arrived with Transfer-Encoding: chunked.");
+  for (auto& [route, rs] : total.routes) {
+    out += "dechunkd_chunked_requests_total{" + route_label(route) + "} ";
+    number(out, rs.chunked_requests);
+    out += '\n';
+  }
+
+  header(out, "connections_active", "gauge", "Inbound connections open.");
+  out += "dechunkd_connections_active ";
+  number(out, process.connections_active);
+  out += '\n';
+
+  header(out, "requests_in_flight", "gauge", "Requests received and not yet answered.");
+  out += "dechunkd_requests_in_flight ";
+  number(out, total.requests_in_flight < 0 ? int64_t{0} : total.requests_in_flight);
+  out += '\n';
+
+  header(out, "config_reloads_total", "counter", "Configuration reloads, by result.");
+  out += "dechunkd_config_reloads_total{result=\"success\"} ";
+  number(out, process.reloads_success);
+  out += "\ndechunkd_config_reloads_total{result=\"failure\"} ";
+  number(out, process.reloads_failure);
+  out += '\n';
+
+  header(out, "build_info", "gauge", "Always 1; the version label says which build runs.");
+  out += "dechunkd_build_info{version=\"";
+  label_value(out, version);
+  out += "\"} 1\n";
+  return out;
+}
+
+}  // namespace dechunkd
