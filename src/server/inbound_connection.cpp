@@ -150,6 +150,7 @@ bool InboundConnection::will_close() const { return close_after_ || draining_; }
 
 void InboundConnection::close_now() {
   if (state_ == State::Closed) return;
+  account_request();
   set_state(State::Closed);
   if (call_) call_->cancel();
   event_del(read_ev_.get());
@@ -314,6 +315,8 @@ void InboundConnection::process(BlockRef block, const char* p, size_t n) {
 bool InboundConnection::process_head_bytes(const BlockRef&, const char* p, size_t n, size_t* used) {
   if (!request_bytes_seen_) {
     request_bytes_seen_ = true;
+    in_flight_ = true;
+    ++worker_.stats().requests_in_flight;
     start_ = std::chrono::steady_clock::now();
     start_wall_ms_ = wall_clock_ms();
     if (!first_request_) arm_timer(config().timeouts.header);
@@ -746,7 +749,7 @@ void InboundConnection::flush_output() {
 }
 
 void InboundConnection::request_done() {
-  log_access();
+  account_request();
   if (call_) worker_.defer_delete(std::move(call_));
   if (close_after_ || draining_ || peer_eof_) {
     begin_close();
@@ -791,20 +794,39 @@ void InboundConnection::reset_request() {
   target_ms_ = -1;
 }
 
-void InboundConnection::log_access() {
+void InboundConnection::account_request() {
+  if (in_flight_) {
+    in_flight_ = false;
+    --worker_.stats().requests_in_flight;
+  }
   if (logged_ || status_ == 0) return;
   logged_ = true;
-  AccessLog& log = worker_.access_log();
-  if (!log.enabled()) return;
-  if (!request_bytes_seen_) {
+  if (!request_bytes_seen_) {  // answered without a request (overloaded)
     start_ = std::chrono::steady_clock::now();
     start_wall_ms_ = wall_clock_ms();
   }
+  auto elapsed = std::chrono::steady_clock::now() - start_;
+  int64_t duration_ms = std::chrono::duration_cast<milliseconds>(elapsed).count();
+  std::string_view route_name = ctx_.route ? std::string_view(ctx_.route->name) : std::string_view("_unmatched");
+
+  // Metrics: one place per request, worker-local, no locks.
+  static constexpr std::string_view kModes[] = {"proxy", "queue", "echo"};
+  RouteStats& rs = worker_.stats().route(route_name, ctx_.route ? kModes[static_cast<int>(ctx_.route->mode)] : "none");
+  ++rs.requests_by_status[status_];
+  rs.duration.observe(std::chrono::duration<double>(elapsed).count());
+  rs.received_bytes += ctx_.body.size;
+  if (chunked_in_) ++rs.chunked_requests;
+  if (target_ms_ >= 0 && ctx_.route && !ctx_.route->targets.empty()) {
+    rs.upstream_duration[ctx_.route->targets.front().url.redacted()].observe(static_cast<double>(target_ms_) / 1000.0);
+  }
+
+  AccessLog& log = worker_.access_log();
+  if (!log.enabled()) return;
   AccessRecord r;
   r.time_ms = start_wall_ms_;
   r.request_id = ctx_.request_id;
   r.remote = remote_;
-  r.route = ctx_.route ? std::string_view(ctx_.route->name) : std::string_view("_unmatched");
+  r.route = route_name;
   r.method = ctx_.head.method;
   r.path = ctx_.head.path;
   r.status = status_;
@@ -812,7 +834,7 @@ void InboundConnection::log_access() {
   r.chunked = chunked_in_;
   r.target_status = target_status_;
   r.target_ms = target_ms_;
-  r.duration_ms = std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - start_).count();
+  r.duration_ms = duration_ms;
   log.append(r);
 }
 

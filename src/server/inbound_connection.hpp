@@ -115,7 +115,7 @@ class InboundConnection : public BodySink {
   void flush_output();
   void begin_close();       // write what is queued, then linger and close
   void start_linger();
-  void log_access();
+  void account_request();  // metrics and access log, once per request
   void close_now();
   void arm_timer(std::chrono::milliseconds d);
   const Config& config() const { return *ctx_.runtime->config; }
@@ -152,7 +152,8 @@ class InboundConnection : public BodySink {
   bool closing_shutdown_ = false;  // SHUT_WR done, lingering
   int status_ = 0;
   std::string allow_;              // Allow value for a 405
-  bool logged_ = false;            // the access-log line for this request was written
+  bool logged_ = false;            // the request was counted and logged
+  bool in_flight_ = false;         // counted in requests_in_flight
   bool draining_ = false;
   std::unique_ptr<ProxyCall> call_;
 

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <mutex>
 #include <cstring>
 
 #include "log/log.hpp"
@@ -120,10 +121,18 @@ int Server::run() {
         if (s.fd >= 0) ::close(s.fd);
     return 1;
   }
-  if (!config_->admin.address.empty()) {
-    log_warn("admin.address is set but the admin endpoint is not available in this version yet");
-  }
   base_.reset(event_base_new());
+  main_tasks_ = std::make_unique<TaskQueue>(base_.get());
+  if (!config_->admin.address.empty()) {
+    admin_ = std::make_unique<AdminServer>(base_.get(), *this);
+    if (!admin_->start(config_->admin.host, config_->admin.port, &error)) {
+      log_error(error);
+      for (auto& v : sockets)
+        for (auto& s : v)
+          if (s.fd >= 0) ::close(s.fd);
+      return 1;
+    }
+  }
   for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGUSR1}) {
     signal_events_.emplace_back(evsignal_new(base_.get(), sig, on_signal, this));
     event_add(signal_events_.back().get(), nullptr);
@@ -148,6 +157,7 @@ int Server::run() {
   sd_notify_message("READY=1\nSTATUS=accepting connections");
   event_base_loop(base_.get(), EVLOOP_NO_EXIT_ON_EMPTY);
   for (auto& t : threads_) t.join();
+  if (admin_) admin_->stop();
   threads_.clear();
   uint64_t cut = shared_.cut_requests.load();
   if (cut > 0) {
@@ -175,6 +185,7 @@ void Server::on_signal(evutil_socket_t sig, short, void* arg) {
   }
   ++s->stop_signals_;
   if (s->stop_signals_ == 1) {
+    s->draining_ = true;
     sd_notify_message("STOPPING=1");
     log_info(std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") + ": draining (up to " +
              format_duration(s->config_->timeouts.drain) + ")");
@@ -210,14 +221,59 @@ void Server::reload() {
   sd_notify_message("READY=1");
 }
 
-void Server::reload_config() {
-  log_info("SIGHUP: reloading " + config_->path);
+size_t Server::reload_now() { return reload_config(); }
+
+std::string Server::not_ready_reason() {
+  if (draining_) return "draining";
+  if (::access(config_->storage.dir.c_str(), W_OK | X_OK) != 0) {
+    return "storage.dir " + config_->storage.dir + " is not writable: " + std::strerror(errno);
+  }
+  return "";
+}
+
+void Server::gather_stats(std::function<void(WorkerStats, ProcessStats)> done) {
+  // Each worker copies its own stats on its own thread; the last one hands the sum back to the
+  // main thread. Workers that have exited (drain) contribute nothing.
+  struct Gather {
+    std::mutex mu;
+    WorkerStats total;
+    size_t pending = 0;
+    std::function<void(WorkerStats, ProcessStats)> done;
+  };
+  auto g = std::make_shared<Gather>();
+  g->done = std::move(done);
+  g->pending = workers_.size();
+  ProcessStats process;
+  process.connections_active = shared_.connections.load(std::memory_order_relaxed);
+  process.reloads_success = reloads_success_;
+  process.reloads_failure = reloads_failure_;
+  if (g->pending == 0 || draining_) {
+    g->done(WorkerStats{}, process);
+    return;
+  }
+  TaskQueue* main = main_tasks_.get();
+  for (auto& w : workers_) {
+    Worker* wp = w.get();
+    wp->post([g, wp, main, process] {
+      WorkerStats copy = wp->stats();
+      std::lock_guard<std::mutex> lock(g->mu);
+      g->total.add(copy);
+      if (--g->pending == 0) {
+        main->post([g, process] { g->done(std::move(g->total), process); });
+      }
+    });
+  }
+}
+
+size_t Server::reload_config() {
+  log_info("reloading " + config_->path);
   LoadResult loaded = load_config_file(config_->path);
   if (!loaded.errors.empty()) {
     for (const ConfigError& e : loaded.errors) log_error("reload: " + e.str());
     log_error("reload failed: " + std::to_string(loaded.errors.size()) +
               " configuration error(s); still running with the previous configuration");
-    return;
+    ++reloads_failure_;
+    return loaded.errors.size();
   }
   // Settings that only a restart can change keep their running values (SPEC 2).
   auto next = std::make_shared<Config>(*loaded.config);
@@ -254,7 +310,9 @@ void Server::reload_config() {
     Worker* wp = w.get();
     wp->post([wp, runtime] { wp->set_runtime(runtime); });
   }
+  ++reloads_success_;
   log_info("configuration reloaded: " + std::to_string(config_->routes.size()) + " route(s)");
+  return 0;
 }
 
 }  // namespace dechunkd

@@ -6,17 +6,19 @@
 #include <thread>
 #include <vector>
 
+#include "admin/admin_server.hpp"
 #include "config/config.hpp"
 #include "log/access_log.hpp"
 #include "net/event.hpp"
+#include "net/task_queue.hpp"
 #include "server/worker.hpp"
 
 namespace dechunkd {
 
-class Server {
+class Server : public AdminBackend {
  public:
   explicit Server(std::shared_ptr<const Config> config);
-  ~Server();
+  ~Server() override;
   // Runs until stopped; returns the process exit status (0 normal stop, 1 start-up failure).
   int run();
 
@@ -26,8 +28,14 @@ class Server {
   static void on_signal(evutil_socket_t sig, short, void* arg);
   static void on_worker_exit(evutil_socket_t, short, void* arg);
   void reload();
-  void reload_config();
+  size_t reload_config();
   void reopen_logs();
+
+  // AdminBackend
+  std::string not_ready_reason() override;
+  void gather_stats(std::function<void(WorkerStats, ProcessStats)> done) override;
+  size_t reload_now() override;
+  std::shared_ptr<const Config> config() override { return config_; }
 
   std::shared_ptr<const Config> config_;
   SharedState shared_;
@@ -40,6 +48,11 @@ class Server {
   std::atomic<unsigned> running_{0};
   int lock_fd_ = -1;
   int stop_signals_ = 0;
+  bool draining_ = false;
+  uint64_t reloads_success_ = 0;
+  uint64_t reloads_failure_ = 0;
+  std::unique_ptr<TaskQueue> main_tasks_;   // closures from workers to the main thread
+  std::unique_ptr<AdminServer> admin_;
 };
 
 }  // namespace dechunkd

@@ -24,8 +24,7 @@ Worker::Worker(unsigned index, SharedState& shared, std::shared_ptr<const Runtim
     : index_(index), shared_(shared), runtime_(std::move(runtime)), listeners_(std::move(listeners)),
       access_log_(access_sink) {
   base_.reset(event_base_new());
-  wake_.reset(event_new(base_.get(), -1, EV_PERSIST, on_wake, this));
-  // wake_ is never added: post() activates it directly (thread-safe with evthread locking).
+  tasks_ = std::make_unique<TaskQueue>(base_.get());
   reaper_.reset(event_new(base_.get(), -1, 0, on_reap, this));
   drain_timer_.reset(event_new(base_.get(), -1, 0, on_drain_timeout, this));
   flush_timer_.reset(event_new(base_.get(), -1, EV_PERSIST, on_flush_timer, this));
@@ -46,6 +45,7 @@ Worker::Worker(unsigned index, SharedState& shared, std::shared_ptr<const Runtim
 
 Worker::~Worker() {
   connections_.clear();
+  tasks_.reset();
   graveyard_.clear();
   upstreams_.reset();
   accept_events_.clear();
@@ -67,13 +67,7 @@ void Worker::run() {
   access_log_.flush();
 }
 
-void Worker::post(std::function<void()> fn) {
-  {
-    std::lock_guard<std::mutex> lock(tasks_mu_);
-    tasks_.push_back(std::move(fn));
-  }
-  event_active(wake_.get(), EV_READ, 0);
-}
+void Worker::post(std::function<void()> fn) { tasks_->post(std::move(fn)); }
 
 void Worker::request_drain() {
   post([this] { start_drain(); });
@@ -87,16 +81,6 @@ void Worker::request_stop() {
     close_listeners();
     event_base_loopexit(base_.get(), nullptr);
   });
-}
-
-void Worker::on_wake(evutil_socket_t, short, void* arg) {
-  auto* w = static_cast<Worker*>(arg);
-  std::vector<std::function<void()>> tasks;
-  {
-    std::lock_guard<std::mutex> lock(w->tasks_mu_);
-    tasks.swap(w->tasks_);
-  }
-  for (auto& t : tasks) t();
 }
 
 void Worker::on_accept(evutil_socket_t fd, short, void* arg) {

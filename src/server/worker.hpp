@@ -10,9 +10,11 @@
 #include <unordered_map>
 #include <vector>
 
+#include "admin/metrics.hpp"
 #include "log/access_log.hpp"
 #include "net/buffer.hpp"
 #include "net/event.hpp"
+#include "net/task_queue.hpp"
 #include "server/runtime.hpp"
 
 namespace dechunkd {
@@ -59,6 +61,7 @@ class Worker {
   BlockPool& blocks() { return blocks_; }
   UpstreamPool& upstreams() { return *upstreams_; }
   AccessLog& access_log() { return access_log_; }
+  WorkerStats& stats() { return stats_; }  // worker thread only; others go through post()
   const std::shared_ptr<const Runtime>& runtime() const { return runtime_; }
   // On the worker's thread: new requests use this config from now on.
   void set_runtime(std::shared_ptr<const Runtime> rt) { runtime_ = std::move(rt); }
@@ -72,7 +75,6 @@ class Worker {
 
  private:
   static void on_accept(evutil_socket_t fd, short, void* arg);
-  static void on_wake(evutil_socket_t, short, void* arg);
   static void on_reap(evutil_socket_t, short, void* arg);
   static void on_drain_timeout(evutil_socket_t, short, void* arg);
   static void on_flush_timer(evutil_socket_t, short, void* arg);
@@ -88,17 +90,16 @@ class Worker {
   EvdnsPtr dns_;
   std::vector<ListenerSocket> listeners_;
   std::vector<EventPtr> accept_events_;
-  EventPtr wake_;                        // activated by post()
+  std::unique_ptr<TaskQueue> tasks_;     // closures from other threads
   EventPtr reaper_;                      // frees the graveyard after callbacks return
   EventPtr drain_timer_;
   EventPtr flush_timer_;                 // flushes the access-log buffer
-  std::mutex tasks_mu_;
-  std::vector<std::function<void()>> tasks_;
   std::unordered_map<InboundConnection*, std::unique_ptr<InboundConnection>> connections_;
   std::vector<std::unique_ptr<Deferred>> graveyard_;
   BlockPool blocks_;
   std::unique_ptr<UpstreamPool> upstreams_;
   AccessLog access_log_;
+  WorkerStats stats_;
   bool draining_ = false;
   uint64_t id_state_[2];                 // xorshift128+ for request ids
 };

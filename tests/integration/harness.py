@@ -555,9 +555,9 @@ class StrictReceiver:
         time.sleep(settle)
         with self._cv:
             if self._requests or self.violations:
-                raise AssertionError(f"receiver should have seen nothing, got "
-                                     f"{[(s.method, s.target, s.body[:80]) for s in self._requests]}"
-                                     f" violations {self.violations}")
+                got = [(s.method, s.target, s.body[:80]) for s in self._requests]
+                raise AssertionError(f"receiver should have seen nothing, got {got}, "
+                                     f"violations {self.violations}")
 
     def close(self):
         self._closing = True
@@ -714,7 +714,7 @@ def to_yaml(value, indent: int = 0) -> str:
             if isinstance(item, (dict, list)) and item:
                 lines.append(f"{pad}{key}:\n{to_yaml(item, indent + 1)}")
             else:
-                lines.append(f"{pad}{key}: {to_yaml(item) if isinstance(item, (dict, list)) else yaml_scalar(item)}")
+                lines.append(f"{pad}{key}: {to_yaml(item)}")
         return "\n".join(lines) if lines else "{}"
     if isinstance(value, list):
         if not value:
@@ -725,7 +725,7 @@ def to_yaml(value, indent: int = 0) -> str:
                 inner = to_yaml(item, indent + 1)
                 lines.append(f"{pad}- {inner[len(pad) + 2:]}")
             else:
-                lines.append(f"{pad}- {yaml_scalar(item)}")
+                lines.append(f"{pad}- {to_yaml(item)}")
         return "\n".join(lines)
     return yaml_scalar(value)
 

@@ -50,8 +50,8 @@ class EchoTests(GatewayCase):
     def test_chunked_post(self):
         got, rid = self.echo(build_request("POST", "/echo?x=1", [("X-A", "1")],
                                            chunks=[b"hello", b" ", b"world"]))
-        self.assertEqual(got, self.expect("POST", "/echo?x=1", [("Host", "gw.example"),
-                                                                 ("X-A", "1")], b"hello world", rid))
+        received = [("Host", "gw.example"), ("X-A", "1")]
+        self.assertEqual(got, self.expect("POST", "/echo?x=1", received, b"hello world", rid))
 
     def test_binary_content_length_body(self):
         body = pseudo_random(5000)

@@ -8,7 +8,7 @@ from harness import (SANITIZED, WAIT, Client, Daemon, GatewayCase, build_request
 LIMITS = {"max_body_size": 1000, "max_header_size": 1024, "max_headers": 10,
           "max_uri_size": 256}
 T = 2.0 if SANITIZED else 1.0  # the daemon's header, body and idle timers, in seconds
-TIMERS = {"header": f"{int(T * 1000)}ms", "body": f"{int(T * 1000)}ms", "idle": f"{int(T * 1000)}ms"}
+TIMERS = {name: f"{int(T * 1000)}ms" for name in ("header", "body", "idle")}
 HEAD = b"POST /l HTTP/1.1\r\nHost: gw\r\n"
 
 
@@ -181,7 +181,7 @@ class LimitTests(GatewayCase):
         trickle = iter(HEAD + b"X-Slow: " + b"s" * 100)
         while c.state_after(0.1) == "open":
             c.send(bytes([next(trickle)]))
-            self.assertLess(time.monotonic() - started, T + scaled(3), "a trickled head never timed out")
+            self.assertLess(time.monotonic() - started, T + scaled(3), "trickled head: no 408")
         self.assert_timeout_408(c, started)
 
     def test_header_timer_stops_when_the_head_is_complete(self):
@@ -217,7 +217,7 @@ class LimitTests(GatewayCase):
         c.send(HEAD + b"Content-Length: 30\r\n\r\n")
         while c.state_after(0.2) == "open":
             c.send(b"x")
-            self.assertLess(time.monotonic() - started, T + scaled(4), "a trickled body never timed out")
+            self.assertLess(time.monotonic() - started, T + scaled(4), "trickled body: no 408")
         self.assert_timeout_408(c, started)
 
     def test_idle_keep_alive_closed_silently(self):

@@ -469,9 +469,9 @@ class ProxyTests(GatewayCase):
         self.assertTrue(c.is_closed())
 
     def test_connection_listing_gateway_fields(self):
-        raw = build_request("POST", "/plain", [("Connection", "Host, X-Forwarded-For, X-Request-Id"),
-                                               ("X-Forwarded-For", "10.9.9.9"),
-                                               ("X-Request-Id", "listed")], body=b"x")
+        raw = build_request("POST", "/plain", [
+            ("Connection", "Host, X-Forwarded-For, X-Request-Id"), ("X-Forwarded-For", "10.9.9.9"),
+            ("X-Request-Id", "listed")], body=b"x")
         seen, resp = self.forward(raw)
         self.assertEqual(seen.header("Host"), self.rcv.authority)
         self.assertEqual(seen.header("X-Forwarded-For"), "127.0.0.1")
@@ -536,7 +536,8 @@ class ProxyTests(GatewayCase):
             "not http": b"NOT HTTP AT ALL\r\n\r\n",
             "bad status": b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n",
             "bare LF": b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",
-            "two lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+            "two lengths": (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"
+                            b"hello"),
             "length and chunked": (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n"
                                    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
             "space in name": b"HTTP/1.1 200 OK\r\nX-Bad Header: 1\r\nContent-Length: 0\r\n\r\n",

@@ -74,7 +74,8 @@ class StressTests(GatewayCase):
                 problems.append(f"{behaviour}: got {resp.status}, expected {expected}")
             elif resp.status == 200 and resp.body != BODY:
                 problems.append(f"{behaviour}: wrong body ({len(resp.body)} bytes)")
-            if resp.status != 200 or (resp.header("Connection") or "").lower() == "close" or c.stream.eof:
+            closing = (resp.header("Connection") or "").lower() == "close"
+            if resp.status != 200 or closing or c.stream.eof:
                 c.close()
                 c = None
         if c:

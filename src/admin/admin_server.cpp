@@ -1,0 +1,246 @@
+#include "admin/admin_server.hpp"
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "http/errors.hpp"
+#include "http/request_head.hpp"
+#include "log/log.hpp"
+#include "net/buffer.hpp"
+#include "net/socket.hpp"
+#include "version.hpp"
+
+namespace dechunkd {
+
+namespace {
+constexpr std::chrono::milliseconds kAdminTimeout{10'000};
+constexpr HeadLimits kAdminLimits{16 * 1024, 100, 8 * 1024};
+
+// Constant-time comparison for the bearer token (SPEC 7: secrets compared in constant time).
+bool token_matches(std::string_view got, const std::string& want) {
+  if (got.size() != want.size()) return false;
+  return CRYPTO_memcmp(got.data(), want.data(), want.size()) == 0;
+}
+}  // namespace
+
+// One admin client connection: read one request, answer, close.
+class AdminConnection {
+ public:
+  AdminConnection(AdminServer& server, int fd) : server_(server), fd_(fd) {
+    read_ev_.reset(event_new(server_.base_, fd_, EV_READ | EV_PERSIST, on_read, this));
+    write_ev_.reset(event_new(server_.base_, fd_, EV_WRITE | EV_PERSIST, on_write, this));
+    timer_.reset(event_new(server_.base_, -1, 0, on_timeout, this));
+    event_add(read_ev_.get(), nullptr);
+    arm_timer(timer_.get(), kAdminTimeout);
+  }
+  ~AdminConnection() {
+    read_ev_.reset();
+    write_ev_.reset();
+    timer_.reset();
+    if (fd_ >= 0) ::close(fd_);
+  }
+ private:
+  static void on_read(evutil_socket_t, short, void* arg) { static_cast<AdminConnection*>(arg)->readable(); }
+  static void on_write(evutil_socket_t, short, void* arg) { static_cast<AdminConnection*>(arg)->flush(); }
+  static void on_timeout(evutil_socket_t, short, void* arg) { static_cast<AdminConnection*>(arg)->close(); }
+
+  void readable() {
+    char buf[4096];
+    for (;;) {
+      ssize_t n = ::read(fd_, buf, sizeof buf);
+      if (n > 0) {
+        if (answered_) continue;  // ignore anything after the request
+        buf_.append(buf, static_cast<size_t>(n));
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno == EAGAIN) break;
+      close();  // EOF or error
+      return;
+    }
+    if (answered_) return;
+    size_t head_len = 0;
+    HeadError err{ErrorKind::BadRequest, ""};
+    HeadProgress p = scan_request_head(buf_, kAdminLimits, &head_len, &err);
+    if (p == HeadProgress::NeedMore) return;
+    answered_ = true;
+    event_del(read_ev_.get());
+    if (p == HeadProgress::Error) {
+      send_error(err.kind, err.message);
+      return;
+    }
+    buf_.resize(head_len);
+    RequestHead head;
+    if (auto bad = parse_request_head(buf_, kAdminLimits, &head)) {
+      send_error(bad->kind, bad->message);
+      return;
+    }
+    handle(head);
+  }
+
+  void handle(const RequestHead& head) {
+    std::string_view path = head.path;
+    std::string_view method = head.method;
+    AdminBackend& backend = server_.backend_;
+    if (path == "/healthz") {
+      if (method != "GET") return not_allowed("GET");
+      return send(200, "text/plain; charset=utf-8", "ok");
+    }
+    if (path == "/readyz") {
+      if (method != "GET") return not_allowed("GET");
+      std::string reason = backend.not_ready_reason();
+      if (reason.empty()) return send(200, "text/plain; charset=utf-8", "ready");
+      return send(503, "text/plain; charset=utf-8", "not ready: " + reason);
+    }
+    if (path == "/metrics") {
+      if (method != "GET") return not_allowed("GET");
+      AdminServer* server = &server_;
+      AdminConnection* self = this;
+      backend.gather_stats([server, self](WorkerStats total, ProcessStats process) {
+        if (!server->conns_.count(self)) return;  // the client went away meanwhile
+        self->send(200, "text/plain; version=0.0.4; charset=utf-8", render_metrics(total, process, DECHUNKD_VERSION));
+      });
+      return;
+    }
+    if (path == "/reload") {
+      if (method != "POST") return not_allowed("POST");
+      if (!authorized(head)) return;
+      size_t errors = backend.reload_now();
+      if (errors == 0) return send(200, "application/json", "{\"reloaded\":true}");
+      return send_error(ErrorKind::BadRequest, "the configuration has " + std::to_string(errors) +
+                                                   " error(s) and was not applied; the log lists them");
+    }
+    send_error(ErrorKind::NotFound, "no such admin endpoint");
+  }
+
+  // Mutating endpoints need the bearer token when admin.token_file is set (SPEC 8).
+  bool authorized(const RequestHead& head) {
+    const std::string& token = server_.backend_.config()->admin.token;
+    if (token.empty()) return true;
+    for (const HeaderField& f : head.fields) {
+      if (!iequals(f.name, "authorization")) continue;
+      std::string_view v = f.value;
+      if (v.size() > 7 && iequals(v.substr(0, 7), "bearer ") && token_matches(v.substr(7), token)) return true;
+    }
+    extra_headers_ = "WWW-Authenticate: Bearer realm=\"dechunkd-admin\"\r\n";
+    send_error(ErrorKind::Unauthorized, "this admin endpoint needs 'Authorization: Bearer <token>' (admin.token_file)");
+    return false;
+  }
+
+  void not_allowed(const char* allow) {
+    extra_headers_ = std::string("Allow: ") + allow + "\r\n";
+    send_error(ErrorKind::MethodNotAllowed, "this admin endpoint does not accept this method");
+  }
+
+  void send_error(ErrorKind kind, std::string_view message) {
+    std::string id = request_id();
+    send(error_status(kind), "application/json", error_body(kind, message, id));
+  }
+
+  std::string request_id() {
+    static constexpr char kHex[] = "0123456789abcdef";
+    unsigned char raw[16];
+    if (RAND_bytes(raw, sizeof raw) != 1) std::memset(raw, 0, sizeof raw);
+    std::string id;
+    for (unsigned char c : raw) {
+      id += kHex[c >> 4];
+      id += kHex[c & 15];
+    }
+    return id;
+  }
+
+  void send(int status, std::string_view content_type, std::string_view body) {
+    std::string h = "HTTP/1.1 " + std::to_string(status) + " " + std::string(status_reason(status)) +
+                    "\r\nContent-Type: " + std::string(content_type) +
+                    "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n" + extra_headers_ +
+                    "Cache-Control: no-store\r\nConnection: close\r\n\r\n";
+    h.append(body);
+    out_.add(std::move(h));
+    flush();
+  }
+
+  void flush() {
+    int err = 0;
+    IoStatus st = out_.flush(fd_, &err);
+    if (st == IoStatus::WouldBlock) {
+      event_add(write_ev_.get(), nullptr);
+      return;
+    }
+    close();
+  }
+
+  void close() {
+    if (closed_) return;
+    closed_ = true;
+    event_del(read_ev_.get());
+    event_del(write_ev_.get());
+    event_del(timer_.get());
+    server_.closed(this);
+  }
+
+  AdminServer& server_;
+  int fd_;
+  EventPtr read_ev_, write_ev_, timer_;
+  std::string buf_;
+  std::string extra_headers_;
+  OutQueue out_;
+  bool answered_ = false;
+  bool closed_ = false;
+};
+
+AdminServer::AdminServer(event_base* base, AdminBackend& backend) : base_(base), backend_(backend) {
+  reaper_.reset(event_new(base_, -1, 0, [](evutil_socket_t, short, void* arg) {
+    static_cast<AdminServer*>(arg)->graveyard_.clear();
+  }, this));
+}
+
+AdminServer::~AdminServer() { stop(); }
+
+bool AdminServer::start(const std::string& host, uint16_t port, std::string* error) {
+  sockaddr_storage bound{};
+  fd_ = open_listener(host, port, false, error, &bound);
+  if (fd_ < 0) {
+    *error = "admin endpoint: " + *error;
+    return false;
+  }
+  address_ = format_sockaddr(reinterpret_cast<sockaddr*>(&bound));
+  accept_ev_.reset(event_new(base_, fd_, EV_READ | EV_PERSIST, on_accept, this));
+  event_add(accept_ev_.get(), nullptr);
+  log_info("admin endpoint listening on " + address_);
+  return true;
+}
+
+void AdminServer::stop() {
+  accept_ev_.reset();
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  conns_.clear();
+  graveyard_.clear();
+}
+
+void AdminServer::on_accept(evutil_socket_t fd, short, void* arg) {
+  auto* s = static_cast<AdminServer*>(arg);
+  for (int i = 0; i < 16; ++i) {
+    int c = ::accept4(fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (c < 0) return;
+    set_nodelay(c);
+    auto conn = std::make_unique<AdminConnection>(*s, c);
+    AdminConnection* raw = conn.get();
+    s->conns_.emplace(raw, std::move(conn));
+  }
+}
+
+void AdminServer::closed(AdminConnection* c) {
+  auto it = conns_.find(c);
+  if (it == conns_.end()) return;
+  graveyard_.push_back(std::move(it->second));
+  conns_.erase(it);
+  event_active(reaper_.get(), EV_TIMEOUT, 0);
+}
+
+}  // namespace dechunkd
