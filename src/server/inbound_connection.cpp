@@ -90,7 +90,7 @@ void RequestBody::add_to(OutQueue& q) const {
 
 InboundConnection::InboundConnection(Worker& worker, int fd, const sockaddr_storage& peer,
                                      const ListenerSocket& listener)
-    : worker_(worker), fd_(fd), listener_(listener) {
+    : worker_(worker), fd_(fd), listen_address_(listener.config_address) {
   const auto* sa = reinterpret_cast<const sockaddr*>(&peer);
   remote_ = format_sockaddr(sa);
   ctx_.client_ip = format_ip(sa);

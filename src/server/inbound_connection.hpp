@@ -124,7 +124,7 @@ class InboundConnection : public BodySink {
   Worker& worker_;
   int fd_;
   std::string remote_;           // "ip:port"
-  const ListenerSocket& listener_;
+  std::string listen_address_;    // the listen entry (as configured) this connection came in on
   State state_ = State::ReadingHead;
   EventPtr read_ev_, write_ev_, timer_ev_;
   bool read_enabled_ = false;

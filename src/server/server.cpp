@@ -73,29 +73,45 @@ bool Server::lock_storage(std::string* error) {
   return true;
 }
 
-bool Server::bind_listeners(std::vector<std::vector<ListenerSocket>>* per_worker, std::string* error) {
-  unsigned n = config_->workers;
-  per_worker->assign(n, {});
-  for (size_t li = 0; li < config_->listen.size(); ++li) {
-    const ListenConfig& l = config_->listen[li];
-    sockaddr_storage bound{};
-    // The first socket is bound without SO_REUSEPORT so that a port held by anyone else (even
-    // another dechunkd with SO_REUSEPORT) is reported as in use instead of silently shared.
-    int probe = open_listener(l.host, l.port, false, error, &bound);
-    if (probe < 0) return false;
-    uint16_t port = sockaddr_port(reinterpret_cast<sockaddr*>(&bound));
-    std::string addr = format_sockaddr(reinterpret_cast<sockaddr*>(&bound));
-    if (n == 1) {
-      (*per_worker)[0].push_back(ListenerSocket{probe, addr, li});
-    } else {
-      ::close(probe);
-      for (unsigned w = 0; w < n; ++w) {
-        int fd = open_listener(l.host, port, true, error);
-        if (fd < 0) return false;
-        (*per_worker)[w].push_back(ListenerSocket{fd, addr, li});
-      }
+bool Server::bind_listener(const ListenConfig& l, std::vector<std::vector<ListenerSocket>>* per_worker,
+                           std::string* error) {
+  unsigned n = static_cast<unsigned>(per_worker->size());
+  sockaddr_storage bound{};
+  // The first socket is bound without SO_REUSEPORT so that a port held by anyone else (even
+  // another dechunkd with SO_REUSEPORT) is reported as in use instead of silently shared.
+  int probe = open_listener(l.host, l.port, false, error, &bound);
+  if (probe < 0) return false;
+  uint16_t port = sockaddr_port(reinterpret_cast<sockaddr*>(&bound));
+  std::string addr = format_sockaddr(reinterpret_cast<sockaddr*>(&bound));
+  if (n == 1) {
+    (*per_worker)[0].push_back(ListenerSocket{probe, addr, l.address});
+  } else {
+    ::close(probe);
+    for (unsigned w = 0; w < n; ++w) {
+      int fd = open_listener(l.host, port, true, error);
+      if (fd < 0) return false;
+      (*per_worker)[w].push_back(ListenerSocket{fd, addr, l.address});
     }
-    log_info("listening on " + addr);
+  }
+  log_info("listening on " + addr);
+  return true;
+}
+
+namespace {
+void close_all(std::vector<std::vector<ListenerSocket>>& sockets) {
+  for (auto& v : sockets) {
+    for (auto& s : v) {
+      if (s.fd >= 0) ::close(s.fd);
+      s.fd = -1;
+    }
+  }
+}
+}  // namespace
+
+bool Server::bind_listeners(std::vector<std::vector<ListenerSocket>>* per_worker, std::string* error) {
+  per_worker->assign(config_->workers, {});
+  for (const ListenConfig& l : config_->listen) {
+    if (!bind_listener(l, per_worker, error)) return false;
   }
   return true;
 }
@@ -116,9 +132,7 @@ int Server::run() {
   std::vector<std::vector<ListenerSocket>> sockets;
   if (!bind_listeners(&sockets, &error)) {
     log_error(error);
-    for (auto& v : sockets)
-      for (auto& s : v)
-        if (s.fd >= 0) ::close(s.fd);
+    close_all(sockets);
     return 1;
   }
   base_.reset(event_base_new());
@@ -127,9 +141,7 @@ int Server::run() {
     admin_ = std::make_unique<AdminServer>(base_.get(), *this);
     if (!admin_->start(config_->admin.host, config_->admin.port, &error)) {
       log_error(error);
-      for (auto& v : sockets)
-        for (auto& s : v)
-          if (s.fd >= 0) ::close(s.fd);
+      close_all(sockets);
       return 1;
     }
   }
@@ -195,16 +207,6 @@ void Server::on_signal(evutil_socket_t sig, short, void* arg) {
     for (auto& w : s->workers_) w->request_stop();
   }
 }
-
-namespace {
-bool same_listeners(const Config& a, const Config& b) {
-  if (a.listen.size() != b.listen.size()) return false;
-  for (size_t i = 0; i < a.listen.size(); ++i) {
-    if (a.listen[i].address != b.listen[i].address) return false;
-  }
-  return true;
-}
-}  // namespace
 
 void Server::reopen_logs() {
   std::string error;
@@ -291,9 +293,29 @@ size_t Server::reload_config() {
     log_warn("reload: admin.address changed; this needs a restart (keeping the running one)");
     next->admin = config_->admin;
   }
-  if (!same_listeners(*next, *config_)) {
-    log_warn("reload: listen addresses changed; this version applies them only at a restart");
-    next->listen = config_->listen;
+  // Listeners: bind the added addresses first (a failure leaves everything as it was), then
+  // hand them to the workers and close the removed ones. Open connections are not touched.
+  std::vector<std::vector<ListenerSocket>> added(config_->workers);
+  std::vector<std::string> removed;
+  for (const ListenConfig& l : next->listen) {
+    bool existed = false;
+    for (const ListenConfig& o : config_->listen) existed = existed || o.address == l.address;
+    if (existed) continue;
+    std::string error;
+    if (!bind_listener(l, &added, &error)) {
+      close_all(added);
+      log_error("reload: " + error + "; still running with the previous configuration");
+      ++reloads_failure_;
+      return 1;
+    }
+  }
+  for (const ListenConfig& o : config_->listen) {
+    bool kept = false;
+    for (const ListenConfig& l : next->listen) kept = kept || o.address == l.address;
+    if (!kept) {
+      removed.push_back(o.address);
+      log_info("no longer listening on " + o.address);
+    }
   }
   {
     // Reopened on every reload, so a reload after rotation also starts a fresh file.
@@ -306,9 +328,13 @@ size_t Server::reload_config() {
   Log::set_level(next->log.level);
   config_ = next;
   auto runtime = std::make_shared<const Runtime>(config_);
-  for (auto& w : workers_) {
-    Worker* wp = w.get();
-    wp->post([wp, runtime] { wp->set_runtime(runtime); });
+  for (size_t i = 0; i < workers_.size(); ++i) {
+    Worker* wp = workers_[i].get();
+    wp->post([wp, runtime, sockets = std::move(added[i]), removed]() mutable {
+      wp->set_runtime(runtime);
+      wp->add_listeners(std::move(sockets));
+      wp->remove_listeners(removed);
+    });
   }
   ++reloads_success_;
   log_info("configuration reloaded: " + std::to_string(config_->routes.size()) + " route(s)");

@@ -30,8 +30,8 @@ Worker::Worker(unsigned index, SharedState& shared, std::shared_ptr<const Runtim
   flush_timer_.reset(event_new(base_.get(), -1, EV_PERSIST, on_flush_timer, this));
   dechunkd::arm_timer(flush_timer_.get(), kAccessLogFlush);
   upstreams_ = std::make_unique<UpstreamPool>(*this);
-  for (size_t i = 0; i < listeners_.size(); ++i) {
-    accept_events_.emplace_back(event_new(base_.get(), listeners_[i].fd, EV_READ | EV_PERSIST, on_accept, this));
+  for (const ListenerSocket& l : listeners_) {
+    accept_events_.emplace_back(event_new(base_.get(), l.fd, EV_READ | EV_PERSIST, on_accept, this));
     event_add(accept_events_.back().get(), nullptr);
   }
   uint64_t seed[2] = {0, 0};
@@ -81,6 +81,30 @@ void Worker::request_stop() {
     close_listeners();
     event_base_loopexit(base_.get(), nullptr);
   });
+}
+
+void Worker::add_listeners(std::vector<ListenerSocket> sockets) {
+  for (ListenerSocket& l : sockets) {
+    if (draining_) {
+      ::close(l.fd);
+      continue;
+    }
+    accept_events_.emplace_back(event_new(base_.get(), l.fd, EV_READ | EV_PERSIST, on_accept, this));
+    event_add(accept_events_.back().get(), nullptr);
+    listeners_.push_back(std::move(l));
+  }
+}
+
+void Worker::remove_listeners(const std::vector<std::string>& config_addresses) {
+  // Connections already accepted on a removed listener keep running.
+  for (size_t i = listeners_.size(); i-- > 0;) {
+    bool gone = false;
+    for (const std::string& a : config_addresses) gone = gone || a == listeners_[i].config_address;
+    if (!gone) continue;
+    if (i < accept_events_.size()) accept_events_.erase(accept_events_.begin() + static_cast<long>(i));
+    if (listeners_[i].fd >= 0) ::close(listeners_[i].fd);
+    listeners_.erase(listeners_.begin() + static_cast<long>(i));
+  }
 }
 
 void Worker::on_accept(evutil_socket_t fd, short, void* arg) {

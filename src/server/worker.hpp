@@ -36,8 +36,8 @@ struct SharedState {
 
 struct ListenerSocket {
   int fd = -1;
-  std::string address;   // "127.0.0.1:8080" as bound
-  size_t config_index = 0;  // index into Config::listen
+  std::string address;         // "127.0.0.1:8080" as bound
+  std::string config_address;  // the listen entry's address as configured
 };
 
 class Worker {
@@ -55,6 +55,9 @@ class Worker {
   // Thread-safe requests from the main thread.
   void request_drain();  // stop accepting, finish in-flight requests, then exit the loop
   void request_stop();   // close everything now
+  // On the worker's thread (through post): listeners added or removed by a reload.
+  void add_listeners(std::vector<ListenerSocket> sockets);
+  void remove_listeners(const std::vector<std::string>& config_addresses);
 
   event_base* base() const { return base_.get(); }
   evdns_base* dns();
