@@ -120,6 +120,14 @@ int Server::run() {
   evthread_use_pthreads();
   signal(SIGPIPE, SIG_IGN);
   Log::set_level(config_->log.level);
+  // Signals are caught from here on: a stop signal that arrives while we bind is handled once
+  // the loop runs, instead of killing the process half-started.
+  base_.reset(event_base_new());
+  main_tasks_ = std::make_unique<TaskQueue>(base_.get());
+  for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGUSR1}) {
+    signal_events_.emplace_back(evsignal_new(base_.get(), sig, on_signal, this));
+    event_add(signal_events_.back().get(), nullptr);
+  }
   std::string error;
   if (!lock_storage(&error)) {
     log_error(error);
@@ -135,8 +143,6 @@ int Server::run() {
     close_all(sockets);
     return 1;
   }
-  base_.reset(event_base_new());
-  main_tasks_ = std::make_unique<TaskQueue>(base_.get());
   if (!config_->admin.address.empty()) {
     admin_ = std::make_unique<AdminServer>(base_.get(), *this);
     if (!admin_->start(config_->admin.host, config_->admin.port, &error)) {
@@ -144,10 +150,6 @@ int Server::run() {
       close_all(sockets);
       return 1;
     }
-  }
-  for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGUSR1}) {
-    signal_events_.emplace_back(evsignal_new(base_.get(), sig, on_signal, this));
-    event_add(signal_events_.back().get(), nullptr);
   }
   worker_exit_.reset(event_new(base_.get(), -1, 0, on_worker_exit, this));
 

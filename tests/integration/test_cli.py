@@ -1,7 +1,6 @@
 """The command line (SPEC 2, 3, 11): --version, --help, --check with FILE:LINE:COL errors, exit
 codes, start-up failures (missing file, port in use, storage.dir lock) and signals."""
 import os
-import re
 import shutil
 import signal
 import socket

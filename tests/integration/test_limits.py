@@ -1,8 +1,9 @@
 """Size limits, timers and the connection limit (SPEC 3, 4 and 11)."""
+import threading
 import time
 import unittest
 
-from harness import (SANITIZED, WAIT, Client, Daemon, GatewayCase, build_request, chunked_body,
+from harness import (SANITIZED, WAIT, Client, Daemon, GatewayCase, build_request,
                      scaled, wait_until)
 
 LIMITS = {"max_body_size": 1000, "max_header_size": 1024, "max_headers": 10,
@@ -37,6 +38,9 @@ class LimitTests(GatewayCase):
             {"name": "big", "path": "/big", "target": cls.rcv.url("/big"),
              "max_body_size": 5000},
             {"name": "get-only", "path": "/g", "methods": ["GET"], "target": cls.rcv.url("/g")},
+            {"name": "kb", "path": "/kb", "target": cls.rcv.url("/kb"), "max_body_size": "1KB"},
+            {"name": "kib", "path": "/kib", "target": cls.rcv.url("/kib"),
+             "max_body_size": "1KiB"},
         ], limits=LIMITS, timeouts=TIMERS)
 
     def accepted(self, raw: bytes, method: str = "POST"):
@@ -54,7 +58,8 @@ class LimitTests(GatewayCase):
 
     def test_body_limit_boundaries(self):
         cases = [("/l", 1000, True), ("/l", 1001, False), ("/big", 1001, True),
-                 ("/big", 5000, True), ("/big", 5001, False)]
+                 ("/big", 5000, True), ("/big", 5001, False), ("/kb", 1000, True),
+                 ("/kb", 1001, False), ("/kib", 1024, True), ("/kib", 1025, False)]
         for path, size, ok in cases:
             for framing in ("length", "chunked"):
                 with self.subTest(path=path, size=size, framing=framing):
@@ -65,6 +70,21 @@ class LimitTests(GatewayCase):
                         self.assert_forwarded(self.accepted(raw), path, body)
                     else:
                         self.assert_rejected(raw, 413)
+
+    def test_413_readable_while_the_client_keeps_sending(self):
+        c = self.connect()
+        c.send(HEAD + b"Content-Length: 4000000\r\n\r\n")
+
+        def pump():
+            try:
+                c.send(b"x" * 4_000_000)
+            except OSError:
+                pass  # the gateway stops reading after its answer
+        sender = threading.Thread(target=pump, daemon=True)
+        sender.start()
+        self.assert_error(c.final_response(), 413, "body_too_large")
+        self.assertTrue(c.is_closed())
+        sender.join(WAIT)
 
     def test_chunked_413_as_soon_as_the_limit_is_crossed(self):
         cases = {"many small chunks": b"".join(b"64\r\n" + b"c" * 100 + b"\r\n" for _ in range(10))
