@@ -19,6 +19,7 @@
 
 #include "config/config_detail.hpp"
 #include "config/config_loader.hpp"
+#include "net/tls_context.hpp"
 
 namespace dechunkd {
 
@@ -44,14 +45,10 @@ struct PendingFeature {
 };
 
 constexpr PendingFeature kNotSupportedYet[] = {
-    {Feature::ListenTls, "listener 'tls' (HTTPS)"},
     {Feature::TrustedProxies, "'trusted_proxies'"},
     {Feature::QueueMode, "mode 'queue'"},
     {Feature::RouteAuth, "route 'auth'"},
     {Feature::AllowFrom, "'allow_from'"},
-    {Feature::HttpsTarget, "an https:// target URL"},
-    {Feature::TargetTls, "target 'tls'"},
-    {Feature::TargetProxy, "target 'proxy'"},
 };
 // ---------------------------------------------------------------------------------------------
 
@@ -423,7 +420,9 @@ void Loader::parse_listeners(const Field& f, Config& c) {
       MapReader tm(*this, *t);
       if (tm.ok() && tm.empty()) error(t->value_pos, "'tls' must not be empty");
       TlsListenConfig tls;
+      Pos cert_pos = t->value_pos;
       if (auto x = tm.require("certificate")) {
+        cert_pos = x->value_pos;
         if (auto v = string(*x, true)) tls.certificate = *v;
       }
       if (auto x = tm.require("private_key")) {
@@ -433,6 +432,11 @@ void Loader::parse_listeners(const Field& f, Config& c) {
         if (auto v = choice<std::string_view>(*x, {{"1.2", "1.2"}, {"1.3", "1.3"}})) {
           tls.min_version = std::string(*v);
         }
+      }
+      // A bad certificate or key is a config error naming the path (also for --check).
+      if (!tls.certificate.empty() && !tls.private_key.empty()) {
+        std::string why;
+        if (!make_server_ctx(tls, &why)) error(cert_pos, why);
       }
       l.tls = std::move(tls);
     }

@@ -4,6 +4,7 @@
 
 #include "config/config_detail.hpp"
 #include "config/config_loader.hpp"
+#include "net/tls_context.hpp"
 
 namespace dechunkd::config_detail {
 namespace {
@@ -331,6 +332,10 @@ void Loader::parse_target_tls(const Field& f, TargetTls& tls) {
     error(m.pos(), "missing required key 'client_private_key' (with 'client_certificate')");
   if (key && !cert)
     error(m.pos(), "missing required key 'client_certificate' (with 'client_private_key')");
+  if (!(cert && !key) && !(key && !cert)) {
+    std::string why;
+    if (!make_client_ctx(tls, &why)) error(m.pos(), why);
+  }
   if (auto x = m.take("server_name")) {
     if (auto v = string(*x, true)) {
       if (config_detail::valid_host(*v, false)) {

@@ -3,6 +3,9 @@
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <cerrno>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstring>
 #include <new>
 
@@ -137,6 +140,36 @@ IoStatus OutQueue::flush(int fd, int* err) {
     }
   }
   return IoStatus::Done;
+}
+
+size_t OutQueue::copy_out(char* dst, size_t max, int* err) {
+  size_t got = 0;
+  while (got < max && !pieces_.empty()) {
+    Piece& p = pieces_.front();
+    if (p.kind == Piece::File) {
+      size_t want = std::min<uint64_t>(p.flen, max - got);
+      ssize_t n = ::pread(p.fd, dst + got, want, p.offset);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        *err = n < 0 ? errno : EIO;  // a short file: never send a truncated body
+        return got;
+      }
+      p.offset += n;
+      p.flen -= static_cast<uint64_t>(n);
+      got += static_cast<size_t>(n);
+      bytes_ -= static_cast<size_t>(n);
+      if (p.flen == 0) pieces_.pop_front();
+      continue;
+    }
+    size_t take = std::min(p.len, max - got);
+    std::memcpy(dst + got, p.ptr, take);
+    got += take;
+    bytes_ -= take;
+    p.ptr += take;
+    p.len -= take;
+    if (p.len == 0) pieces_.pop_front();
+  }
+  return got;
 }
 
 }  // namespace dechunkd

@@ -89,6 +89,10 @@ class OutQueue {
   void clear();
   // Writes as much as the socket takes. Done when empty; WouldBlock when the kernel is full.
   IoStatus flush(int fd, int* err);
+  // Moves up to max bytes from the front of the queue into dst (file ranges with pread), for
+  // transports that cannot hand buffers to the kernel (TLS). Returns the count; 0 with *err
+  // set when a file could not be read.
+  size_t copy_out(char* dst, size_t max, int* err);
 
  private:
   struct Piece {

@@ -89,8 +89,14 @@ void RequestBody::add_to(OutQueue& q) const {
 // Life cycle
 
 InboundConnection::InboundConnection(Worker& worker, int fd, const sockaddr_storage& peer,
-                                     const ListenerSocket& listener)
+                                     const ListenerSocket& listener, SSL_CTX* tls_ctx)
     : worker_(worker), fd_(fd), listen_address_(listener.config_address) {
+  if (tls_ctx) {
+    transport_ = std::make_unique<TlsTransport>(fd_, tls_ctx, true);
+    ctx_.inbound_tls = true;
+  } else {
+    transport_ = std::make_unique<PlainTransport>(fd_);
+  }
   const auto* sa = reinterpret_cast<const sockaddr*>(&peer);
   remote_ = format_sockaddr(sa);
   ctx_.client_ip = format_ip(sa);
@@ -105,6 +111,7 @@ InboundConnection::~InboundConnection() {
   read_ev_.reset();
   write_ev_.reset();
   timer_ev_.reset();
+  transport_.reset();
   if (fd_ >= 0) ::close(fd_);
 }
 
@@ -180,6 +187,7 @@ void InboundConnection::start_linger() {
   // Lingering close: stop sending, read and drop what the client still sends for a short while,
   // so it reads our answer instead of a reset.
   closing_shutdown_ = true;
+  transport_->shutdown_tls();
   ::shutdown(fd_, SHUT_WR);
   if (!read_enabled_) {
     event_add(read_ev_.get(), nullptr);
@@ -228,6 +236,8 @@ void InboundConnection::handle_timeout() {
 }
 
 void InboundConnection::handle_readable() {
+  if (transport_->write_wants_read() && !out_.empty()) flush_output();  // TLS: a write waited for input
+  if (state_ == State::Closed) return;
   if (pending_.len > 0 && (state_ == State::ReadingHead || state_ == State::ReadingBody)) {
     Span s = std::move(pending_);
     pending_ = Span{};
@@ -256,11 +266,21 @@ void InboundConnection::handle_readable() {
     }
     if (!cur_block_ || cur_block_->free_space() < 1024) cur_block_ = worker_.blocks().acquire();
     Block* b = cur_block_.get();
-    ssize_t n = ::read(fd_, b->data + b->used, b->free_space());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN) break;
-      close_now();  // reset by the client
+    IoStatus st = IoStatus::Done;
+    int err = 0;
+    size_t n = transport_->read(b->data + b->used, b->free_space(), &st, &err);
+    if (n == 0 && st == IoStatus::WouldBlock) {
+      if (transport_->read_wants_write() && !write_enabled_) {
+        event_add(write_ev_.get(), nullptr);  // TLS: the handshake must send before it reads
+        write_enabled_ = true;
+      }
+      break;
+    }
+    if (n == 0 && st == IoStatus::Error) {
+      if (transport_->is_tls()) {
+        log_debug("remote=" + remote_ + ": TLS: " + transport_->error_detail());
+      }
+      close_now();  // reset by the client, or a failed TLS handshake
       return;
     }
     if (n == 0) {
@@ -277,9 +297,13 @@ void InboundConnection::handle_readable() {
       return;
     }
     const char* p = b->data + b->used;
-    b->used += static_cast<size_t>(n);
-    process(cur_block_, p, static_cast<size_t>(n));
+    b->used += n;
+    process(cur_block_, p, n);
     if (state_ != State::ReadingHead && state_ != State::ReadingBody) break;
+  }
+  // TLS may hold decrypted bytes the socket will not announce again.
+  if (transport_->has_buffered_input() && (state_ == State::ReadingHead || state_ == State::ReadingBody)) {
+    event_active(read_ev_.get(), EV_READ, 0);
   }
   // Between requests nothing needs the read block: give it back (idle connections hold none).
   if (state_ == State::ReadingHead && pending_.len == 0) cur_block_.reset();
@@ -356,8 +380,17 @@ void InboundConnection::head_complete() {
     }
     bool listed = false;
     for (auto t : conn_tokens) listed = listed || iequals(t, "x-request-id");
+    // Only a printable ASCII id is kept: it appears in a JSON body, logs and a response header,
+    // which must all show the same value. Anything else gets a generated id.
+    auto printable = [](std::string_view v) {
+      if (v.empty() || v.size() > 256) return false;
+      for (char c : v) {
+        if (c < 0x20 || c > 0x7e) return false;
+      }
+      return true;
+    };
     for (const HeaderField& f : head.fields) {
-      if (!listed && iequals(f.name, "x-request-id") && !f.value.empty()) {
+      if (!listed && iequals(f.name, "x-request-id") && printable(f.value)) {
         ctx_.request_id.assign(f.value);
         ctx_.request_id_generated = false;
         break;
@@ -549,6 +582,7 @@ void InboundConnection::serve_echo() {
   in.target = nullptr;
   in.request_target = ctx_.head.target;
   in.client_addr = ctx_.client_ip;
+  in.inbound_tls = ctx_.inbound_tls;
   in.request_id = ctx_.request_id;
   in.request_id_generated = ctx_.request_id_generated;
   in.trailers = &trailer_fields;
@@ -709,13 +743,17 @@ void InboundConnection::finish_response() {
   flush_output();
 }
 
-void InboundConnection::handle_writable() { flush_output(); }
+void InboundConnection::handle_writable() {
+  bool read_waits = transport_->read_wants_write();
+  flush_output();
+  if (read_waits && state_ != State::Closed) handle_readable();  // TLS: a read waited for output
+}
 
 void InboundConnection::flush_output() {
   if (state_ == State::Closed) return;
   int err = 0;
   size_t before = out_.pending();
-  IoStatus st = out_.flush(fd_, &err);
+  IoStatus st = transport_->flush(out_, &err);
   if (st == IoStatus::Error || st == IoStatus::Closed) {
     if (has_request_in_progress() && !response_complete_) {
       worker_.shared().cut_requests.fetch_add(0, std::memory_order_relaxed);
@@ -735,7 +773,7 @@ void InboundConnection::flush_output() {
     if (call_ && out_.pending() < kLowWatermark) call_->client_drained();
     return;
   }
-  if (write_enabled_) {
+  if (write_enabled_ && !transport_->read_wants_write()) {
     event_del(write_ev_.get());
     write_enabled_ = false;
   }

@@ -14,6 +14,7 @@
 #include "http/request_head.hpp"
 #include "net/buffer.hpp"
 #include "net/event.hpp"
+#include "net/transport.hpp"
 #include "router/router.hpp"
 #include "server/worker.hpp"
 
@@ -46,13 +47,16 @@ struct RequestContext {
   std::string request_id;
   bool request_id_generated = false;
   std::string client_ip;
+  bool inbound_tls = false;       // arrived over HTTPS (X-Forwarded-Proto)
   RequestBody body;
   std::vector<std::pair<std::string, std::string>> trailers;
 };
 
 class InboundConnection : public BodySink {
  public:
-  InboundConnection(Worker& worker, int fd, const sockaddr_storage& peer, const ListenerSocket& listener);
+  // tls_ctx: the listener's TLS context, or nullptr for plain HTTP.
+  InboundConnection(Worker& worker, int fd, const sockaddr_storage& peer, const ListenerSocket& listener,
+                    SSL_CTX* tls_ctx);
   ~InboundConnection() override;
   InboundConnection(const InboundConnection&) = delete;
   InboundConnection& operator=(const InboundConnection&) = delete;
@@ -123,6 +127,7 @@ class InboundConnection : public BodySink {
 
   Worker& worker_;
   int fd_;
+  std::unique_ptr<Transport> transport_;  // plain or TLS: the only thing that knows
   std::string remote_;           // "ip:port"
   std::string listen_address_;    // the listen entry (as configured) this connection came in on
   State state_ = State::ReadingHead;

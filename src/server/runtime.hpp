@@ -1,22 +1,39 @@
-// One loaded configuration and everything derived from it. Workers and in-flight requests hold
-// a shared_ptr<const Runtime>: a reload swaps the pointer, requests finish under the one they
-// started with (SPEC 2).
+// One loaded configuration and everything derived from it: the router, the head limits and the
+// TLS contexts. Workers and in-flight requests hold a shared_ptr<const Runtime>: a reload swaps
+// the pointer, requests finish under the one they started with (SPEC 2).
 #pragma once
+#include <map>
 #include <memory>
+#include <string>
+#include <unordered_map>
 
 #include "config/config.hpp"
 #include "http/request_head.hpp"
+#include "net/transport.hpp"
 #include "router/router.hpp"
 
 namespace dechunkd {
 
-struct Runtime {
-  explicit Runtime(std::shared_ptr<const Config> c)
-      : config(std::move(c)), router(*config),
-        head_limits{config->limits.max_header_size, config->limits.max_headers, config->limits.max_uri_size} {}
+class Runtime {
+ public:
+  // Builds the TLS contexts (certificates are read again: a reload picks up renewed ones).
+  // nullptr with *error when one cannot be built.
+  static std::shared_ptr<const Runtime> create(std::shared_ptr<const Config> config, std::string* error);
+
   std::shared_ptr<const Config> config;
   Router router;
   HeadLimits head_limits;
+
+  // The listener's context, or nullptr for plain HTTP. Keyed by the address as configured.
+  SSL_CTX* server_ctx(const std::string& listen_address) const;
+  // The target's context, or nullptr for http:// targets.
+  SSL_CTX* client_ctx(const TargetConfig& target) const;
+
+  explicit Runtime(std::shared_ptr<const Config> c);
+
+ private:
+  std::map<std::string, SslCtxPtr> server_ctx_;
+  std::unordered_map<const TargetConfig*, SslCtxPtr> client_ctx_;
 };
 
 }  // namespace dechunkd

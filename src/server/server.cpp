@@ -153,7 +153,12 @@ int Server::run() {
   }
   worker_exit_.reset(event_new(base_.get(), -1, 0, on_worker_exit, this));
 
-  auto runtime = std::make_shared<const Runtime>(config_);
+  auto runtime = Runtime::create(config_, &error);
+  if (!runtime) {
+    log_error(error);
+    close_all(sockets);
+    return 1;
+  }
   for (unsigned i = 0; i < config_->workers; ++i) {
     workers_.push_back(std::make_unique<Worker>(i, shared_, runtime, std::move(sockets[i]), &access_sink_));
   }
@@ -295,6 +300,14 @@ size_t Server::reload_config() {
     log_warn("reload: admin.address changed; this needs a restart (keeping the running one)");
     next->admin = config_->admin;
   }
+  // TLS contexts (certificates re-read: renewed ones apply from now on).
+  std::string rt_error;
+  auto runtime = Runtime::create(next, &rt_error);
+  if (!runtime) {
+    log_error("reload: " + rt_error + "; still running with the previous configuration");
+    ++reloads_failure_;
+    return 1;
+  }
   // Listeners: bind the added addresses first (a failure leaves everything as it was), then
   // hand them to the workers and close the removed ones. Open connections are not touched.
   std::vector<std::vector<ListenerSocket>> added(config_->workers);
@@ -329,7 +342,6 @@ size_t Server::reload_config() {
   }
   Log::set_level(next->log.level);
   config_ = next;
-  auto runtime = std::make_shared<const Runtime>(config_);
   for (size_t i = 0; i < workers_.size(); ++i) {
     Worker* wp = workers_[i].get();
     wp->post([wp, runtime, sockets = std::move(added[i]), removed]() mutable {

@@ -129,7 +129,8 @@ void Worker::accept_from(size_t li) {
     }
     set_nodelay(fd);
     uint64_t open_now = shared_.connections.fetch_add(1, std::memory_order_relaxed) + 1;
-    auto conn = std::make_unique<InboundConnection>(*this, fd, peer, listeners_[li]);
+    auto conn = std::make_unique<InboundConnection>(*this, fd, peer, listeners_[li],
+                                                    runtime_->server_ctx(listeners_[li].config_address));
     InboundConnection* raw = conn.get();
     connections_.emplace(raw, std::move(conn));
     if (open_now > runtime_->config->limits.max_connections) {

@@ -4,6 +4,7 @@
 #include <event2/dns.h>
 #include <event2/util.h>
 #include <netinet/in.h>
+#include <openssl/x509v3.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -22,7 +23,8 @@ using std::chrono::milliseconds;
 // ---------------------------------------------------------------------------------------------
 // UpstreamConn
 
-UpstreamConn::UpstreamConn(Worker& w, int fd, std::string key) : fd_(fd), key_(std::move(key)) {
+UpstreamConn::UpstreamConn(Worker& w, int fd, std::string key)
+    : fd_(fd), key_(std::move(key)), transport_(std::make_unique<PlainTransport>(fd)) {
   read_ev_.reset(event_new(w.base(), fd_, EV_READ | EV_PERSIST, on_read, this));
   write_ev_.reset(event_new(w.base(), fd_, EV_WRITE | EV_PERSIST, on_write, this));
   idle_timer_.reset(event_new(w.base(), -1, 0, on_idle, this));
@@ -32,6 +34,7 @@ UpstreamConn::~UpstreamConn() {
   read_ev_.reset();
   write_ev_.reset();
   idle_timer_.reset();
+  transport_.reset();
   if (fd_ >= 0) ::close(fd_);
 }
 
@@ -146,7 +149,13 @@ struct ProxyCall::DnsRequest {
 
 ProxyCall::ProxyCall(Worker& w, InboundConnection& in, RequestContext& ctx, const TargetConfig& target)
     : worker_(w), in_(in), ctx_(ctx), target_(target) {
-  key_ = target_.url.host + ":" + std::to_string(target_.url.port);
+  // Connections are shared only between targets that would open the very same one.
+  key_ = (target_.url.tls ? "https://" : "http://") + target_.url.host + ":" + std::to_string(target_.url.port);
+  if (target_.proxy) key_ += " via " + target_.proxy->host + ":" + std::to_string(target_.proxy->port);
+  if (target_.url.tls) {
+    key_ += " sni=" + target_.tls.server_name + " verify=" + (target_.tls.verify ? "1" : "0") +
+            " ca=" + target_.tls.ca_file + " cert=" + target_.tls.client_certificate;
+  }
   timer_.reset(event_new(w.base(), -1, 0, on_timer, this));
 }
 
@@ -184,6 +193,7 @@ void ProxyCall::start() {
   std::string request_target = map_request_target(*ctx_.route, target_.url, ctx_.remainder, ctx_.head.query);
   in.request_target = request_target;
   in.client_addr = ctx_.client_ip;
+  in.inbound_tls = ctx_.inbound_tls;
   in.request_id = ctx_.request_id;
   in.request_id_generated = ctx_.request_id_generated;
   std::vector<HeaderField> trailer_fields;
@@ -205,18 +215,20 @@ void ProxyCall::start() {
 void ProxyCall::connect_fresh() {
   state_ = State::Resolving;
   arm(connect_timeout());
+  // With an egress proxy, TCP goes to the proxy; the target is named in CONNECT.
+  const Url& hop = target_.proxy ? *target_.proxy : target_.url;
   // Address literals skip DNS; names are resolved again for each new connection (SPEC 4).
   sockaddr_storage ss{};
   socklen_t len = 0;
   auto* s4 = reinterpret_cast<sockaddr_in*>(&ss);
   auto* s6 = reinterpret_cast<sockaddr_in6*>(&ss);
-  if (inet_pton(AF_INET, target_.url.host.c_str(), &s4->sin_addr) == 1) {
+  if (inet_pton(AF_INET, hop.host.c_str(), &s4->sin_addr) == 1) {
     s4->sin_family = AF_INET;
-    s4->sin_port = htons(target_.url.port);
+    s4->sin_port = htons(hop.port);
     len = sizeof *s4;
-  } else if (inet_pton(AF_INET6, target_.url.host.c_str(), &s6->sin6_addr) == 1) {
+  } else if (inet_pton(AF_INET6, hop.host.c_str(), &s6->sin6_addr) == 1) {
     s6->sin6_family = AF_INET6;
-    s6->sin6_port = htons(target_.url.port);
+    s6->sin6_port = htons(hop.port);
     len = sizeof *s6;
   }
   if (len) {
@@ -230,9 +242,9 @@ void ProxyCall::connect_fresh() {
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_protocol = IPPROTO_TCP;
   hints.ai_flags = EVUTIL_AI_ADDRCONFIG;
-  std::string port = std::to_string(target_.url.port);
+  std::string port = std::to_string(hop.port);
   evdns_getaddrinfo_request* r =
-      evdns_getaddrinfo(worker_.dns(), target_.url.host.c_str(), port.c_str(), &hints, DnsRequest::callback, req);
+      evdns_getaddrinfo(worker_.dns(), hop.host.c_str(), port.c_str(), &hints, DnsRequest::callback, req);
   // The callback may already have run (hosts file, cache): then req is gone.
   if (dns_ == req) req->req = r;
 }
@@ -240,7 +252,8 @@ void ProxyCall::connect_fresh() {
 void ProxyCall::resolved(int err, const sockaddr* addr, socklen_t len) {
   if (state_ != State::Resolving) return;
   if (err != 0 || !addr) {
-    fail(ErrorKind::BadGateway, std::string("cannot resolve ") + target_.url.host + ": " + evutil_gai_strerror(err));
+    const Url& hop = target_.proxy ? *target_.proxy : target_.url;
+    fail(ErrorKind::BadGateway, std::string("cannot resolve ") + hop.host + ": " + evutil_gai_strerror(err));
     return;
   }
   connect_to(addr, len);
@@ -267,7 +280,94 @@ void ProxyCall::connect_to(const sockaddr* addr, socklen_t len) {
   conn_->want_write(true);
 }
 
-void ProxyCall::connected() { send_request(); }
+void ProxyCall::connected() {
+  if (target_.proxy) {
+    // HTTP CONNECT tunnel through the egress proxy, then TLS (or plain HTTP) inside it.
+    state_ = State::Tunneling;
+    std::string authority = target_.url.host.find(':') != std::string::npos
+                                ? "[" + target_.url.host + "]:" + std::to_string(target_.url.port)
+                                : target_.url.host + ":" + std::to_string(target_.url.port);
+    out_.clear();
+    out_.add("CONNECT " + authority + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n");
+    int err = 0;
+    if (out_.flush(conn_->fd(), &err) == IoStatus::Error) {
+      fail(ErrorKind::BadGateway, std::string("sending CONNECT to the proxy failed: ") + std::strerror(err));
+      return;
+    }
+    conn_->want_write(!out_.empty());
+    conn_->want_read(true);
+    return;
+  }
+  if (!start_tls()) return;
+  send_request();
+}
+
+void ProxyCall::tunnel_readable() {
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(conn_->fd(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) return;
+    if (n <= 0) {
+      fail(ErrorKind::BadGateway, "the proxy closed the connection before answering CONNECT");
+      return;
+    }
+    tunnel_buf_.append(buf, static_cast<size_t>(n));
+    size_t end = tunnel_buf_.find("\r\n\r\n");
+    if (end == std::string::npos) {
+      if (tunnel_buf_.size() > 16 * 1024) {
+        fail(ErrorKind::BadGateway, "the proxy's answer to CONNECT is too long");
+        return;
+      }
+      continue;
+    }
+    // "HTTP/1.x 200 ..." opens the tunnel; anything else is the proxy's refusal.
+    std::string line = tunnel_buf_.substr(0, tunnel_buf_.find("\r\n"));
+    bool ok = line.size() >= 12 && line.compare(0, 7, "HTTP/1.") == 0 && line.compare(8, 5, " 200 ") == 0;
+    ok = ok || line == "HTTP/1.1 200" || line == "HTTP/1.0 200";
+    if (!ok) {
+      fail(ErrorKind::BadGateway, "the proxy refused CONNECT: " + line);
+      return;
+    }
+    if (end + 4 != tunnel_buf_.size()) {
+      fail(ErrorKind::BadGateway, "the proxy sent bytes after its CONNECT answer");
+      return;
+    }
+    tunnel_buf_.clear();
+    if (!start_tls()) return;
+    send_request();
+    return;
+  }
+}
+
+bool ProxyCall::start_tls() {
+  SSL_CTX* ctx = ctx_.runtime->client_ctx(target_);
+  if (!target_.url.tls) return true;
+  if (!ctx) {
+    fail(ErrorKind::BadGateway, "no TLS context for this target");
+    return false;
+  }
+  auto tls = std::make_unique<TlsTransport>(conn_->fd(), ctx, false);
+  if (!tls->ok()) {
+    fail(ErrorKind::BadGateway, "cannot create a TLS session: " + tls_error_string(nullptr));
+    return false;
+  }
+  const std::string& name = target_.tls.server_name.empty() ? target_.url.host : target_.tls.server_name;
+  in6_addr a6;
+  in_addr a4;
+  bool literal = inet_pton(AF_INET, name.c_str(), &a4) == 1 || inet_pton(AF_INET6, name.c_str(), &a6) == 1;
+  if (!literal) SSL_set_tlsext_host_name(tls->ssl(), name.c_str());  // SNI is for names only
+  if (target_.tls.verify) {
+    // The certificate must name the host (or the address for IP literals).
+    if (literal) {
+      X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(tls->ssl()), name.c_str());
+    } else {
+      SSL_set1_host(tls->ssl(), name.c_str());
+    }
+  }
+  conn_->set_transport(std::move(tls));
+  return true;
+}
 
 void ProxyCall::send_request() {
   state_ = State::Sending;
@@ -284,10 +384,14 @@ void ProxyCall::send_request() {
 void ProxyCall::flush_request() {
   int err = 0;
   size_t before = out_.pending();
-  IoStatus st = out_.flush(conn_->fd(), &err);
+  IoStatus st = conn_->transport().flush(out_, &err);
   if (st == IoStatus::Error) {
     if ((err == EPIPE || err == ECONNRESET) && try_resend(std::strerror(err))) return;
-    fail(ErrorKind::BadGateway, std::string("sending the request failed: ") + std::strerror(err));
+    if (conn_->transport().is_tls()) {
+      fail(ErrorKind::BadGateway, "TLS with the target failed: " + conn_->transport().error_detail());
+    } else {
+      fail(ErrorKind::BadGateway, std::string("sending the request failed: ") + std::strerror(err));
+    }
     return;
   }
   if (st == IoStatus::WouldBlock) {
@@ -301,6 +405,19 @@ void ProxyCall::flush_request() {
 }
 
 void ProxyCall::upstream_writable(UpstreamConn& c) {
+  if (state_ == State::Tunneling) {
+    int err = 0;
+    if (out_.flush(c.fd(), &err) == IoStatus::Error) {
+      fail(ErrorKind::BadGateway, std::string("sending CONNECT to the proxy failed: ") + std::strerror(err));
+      return;
+    }
+    c.want_write(!out_.empty());
+    return;
+  }
+  if ((state_ == State::Sending || state_ == State::Receiving) && c.transport().read_wants_write()) {
+    read_response();  // TLS: a read waited for the socket to be writable
+    if (state_ == State::Done) return;
+  }
   if (state_ == State::Connecting) {
     int soerr = 0;
     socklen_t l = sizeof soerr;
@@ -329,7 +446,15 @@ bool ProxyCall::try_resend(const char* why) {
 }
 
 void ProxyCall::upstream_readable(UpstreamConn& c) {
+  if (state_ == State::Tunneling) {
+    tunnel_readable();
+    return;
+  }
   if (state_ != State::Sending && state_ != State::Receiving) return;
+  if (state_ == State::Sending && c.transport().write_wants_read()) {
+    flush_request();  // TLS: a write waited for input (the handshake)
+    if (state_ == State::Done || !conn_) return;
+  }
   read_response();
 }
 
@@ -337,14 +462,23 @@ void ProxyCall::read_response() {
   for (int rounds = 0; rounds < 16; ++rounds) {
     if (!cur_block_ || cur_block_->free_space() < 2048) cur_block_ = worker_.blocks().acquire();
     Block* b = cur_block_.get();
-    ssize_t n = ::read(conn_->fd(), b->data + b->used, b->free_space());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN) return;
-      int e = errno;
+    IoStatus st = IoStatus::Done;
+    int e = 0;
+    Transport& tr = conn_->transport();
+    size_t n = tr.read(b->data + b->used, b->free_space(), &st, &e);
+    if (n == 0 && st == IoStatus::WouldBlock) {
+      if (tr.read_wants_write()) conn_->want_write(true);
+      if (!tr.has_buffered_input()) return;
+      continue;
+    }
+    if (n == 0 && st == IoStatus::Error) {
       if (e == ECONNRESET && try_resend("connection reset")) return;
-      fail(ErrorKind::BadGateway, std::string(head_relayed_ ? "the target reset the connection mid-response: "
-                                                            : "reading the response failed: ") + std::strerror(e));
+      if (tr.is_tls() && e == EPROTO) {
+        fail(ErrorKind::BadGateway, "TLS with the target failed: " + tr.error_detail());
+      } else {
+        fail(ErrorKind::BadGateway, std::string(head_relayed_ ? "the target reset the connection mid-response: "
+                                                              : "reading the response failed: ") + std::strerror(e));
+      }
       return;
     }
     if (n == 0) {
@@ -361,8 +495,8 @@ void ProxyCall::read_response() {
       return;
     }
     const char* p = b->data + b->used;
-    b->used += static_cast<size_t>(n);
-    size_t left = static_cast<size_t>(n);
+    b->used += n;
+    size_t left = n;
     for (;;) {
       size_t consumed = 0;
       ResponseCodec::Status st = resp_.feed(p, left, &consumed);
@@ -397,12 +531,14 @@ void ProxyCall::read_response() {
       return;
     }
   }
+  if (conn_ && conn_->transport().has_buffered_input()) conn_->activate_read();
 }
 
 void ProxyCall::client_drained() {
   if (!reading_paused_ || state_ == State::Done || !conn_) return;
   reading_paused_ = false;
   conn_->want_read(true);
+  if (conn_->transport().has_buffered_input()) conn_->activate_read();
 }
 
 bool ProxyCall::on_body_bytes(const char* p, size_t n) {
@@ -439,6 +575,7 @@ void ProxyCall::on_timer(evutil_socket_t, short, void* arg) {
   switch (self->state_) {
     case State::Resolving:
     case State::Connecting:
+    case State::Tunneling:
       self->fail(ErrorKind::BadGateway, "connecting to the target timed out (upstream_connect)");
       break;
     case State::Sending:

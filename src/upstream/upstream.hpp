@@ -11,6 +11,7 @@
 #include "http/codec.hpp"
 #include "net/buffer.hpp"
 #include "net/event.hpp"
+#include "net/transport.hpp"
 #include "server/worker.hpp"
 
 namespace dechunkd {
@@ -37,9 +38,13 @@ class UpstreamConn {
 
   int fd() const { return fd_; }
   const std::string& key() const { return key_; }
+  Transport& transport() { return *transport_; }
+  // Switches to TLS once TCP (and a CONNECT tunnel) is up.
+  void set_transport(std::unique_ptr<Transport> t) { transport_ = std::move(t); }
   void set_handler(UpstreamHandler* h) { handler_ = h; }
   void want_read(bool on);
   void want_write(bool on);
+  void activate_read() { event_active(read_ev_.get(), EV_READ, 0); }  // TLS-buffered input
   bool reused = false;          // taken from the pool (may have been closed by the target)
   void arm_idle_timer(std::chrono::milliseconds d) { arm_timer(idle_timer_.get(), d); }
   void disarm_idle_timer() { event_del(idle_timer_.get()); }
@@ -50,6 +55,7 @@ class UpstreamConn {
   static void on_idle(evutil_socket_t, short, void* arg);
   int fd_;
   std::string key_;
+  std::unique_ptr<Transport> transport_;
   UpstreamHandler* handler_ = nullptr;
   EventPtr read_ev_, write_ev_, idle_timer_;
   bool reading_ = false, writing_ = false;
@@ -93,6 +99,7 @@ class ProxyCall : public UpstreamHandler, public BodySink, public Deferred {
   enum class State {
     Resolving,   // waiting for evdns
     Connecting,  // non-blocking connect in progress
+    Tunneling,   // CONNECT sent to the egress proxy, waiting for its 200
     Sending,     // writing the request (the response may start early)
     Receiving,   // request written, reading the response
     Done,        // finished or failed; no more events
@@ -105,6 +112,8 @@ class ProxyCall : public UpstreamHandler, public BodySink, public Deferred {
   void resolved(int err, const sockaddr* addr, socklen_t len);
   void connect_to(const sockaddr* addr, socklen_t len);
   void connected();
+  void tunnel_readable();
+  bool start_tls();
   void send_request();
   void flush_request();
   void read_response();
@@ -128,6 +137,7 @@ class ProxyCall : public UpstreamHandler, public BodySink, public Deferred {
   OutQueue out_;
   ResponseCodec resp_;
   BlockRef cur_block_;
+  std::string tunnel_buf_;    // the proxy's answer to CONNECT
   bool resent_ = false;
   bool head_relayed_ = false;
   bool reading_paused_ = false;

@@ -1,0 +1,91 @@
+#include "net/tls_context.hpp"
+
+#include <openssl/err.h>
+
+namespace dechunkd {
+
+namespace {
+std::string openssl_reason() {
+  unsigned long e = ERR_get_error();
+  std::string out;
+  char buf[256];
+  if (e != 0) {
+    ERR_error_string_n(e, buf, sizeof buf);
+    out = buf;
+  }
+  ERR_clear_error();
+  return out.empty() ? "unknown OpenSSL error" : out;
+}
+
+void harden(SSL_CTX* ctx) {
+  SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+}
+}  // namespace
+
+SslCtxPtr make_server_ctx(const TlsListenConfig& tls, std::string* error) {
+  ERR_clear_error();
+  SslCtxPtr ctx(SSL_CTX_new(TLS_server_method()));
+  if (!ctx) {
+    *error = "cannot create a TLS context: " + openssl_reason();
+    return nullptr;
+  }
+  harden(ctx.get());
+  SSL_CTX_set_min_proto_version(ctx.get(), tls.min_version == "1.3" ? TLS1_3_VERSION : TLS1_2_VERSION);
+  if (SSL_CTX_use_certificate_chain_file(ctx.get(), tls.certificate.c_str()) != 1) {
+    *error = "cannot load the certificate chain " + tls.certificate + ": " + openssl_reason();
+    return nullptr;
+  }
+  if (SSL_CTX_use_PrivateKey_file(ctx.get(), tls.private_key.c_str(), SSL_FILETYPE_PEM) != 1) {
+    *error = "cannot load the private key " + tls.private_key + ": " + openssl_reason();
+    return nullptr;
+  }
+  if (SSL_CTX_check_private_key(ctx.get()) != 1) {
+    *error = "the private key " + tls.private_key + " does not match the certificate " + tls.certificate;
+    ERR_clear_error();
+    return nullptr;
+  }
+  // Session tickets let a sender that reconnects skip the full handshake.
+  SSL_CTX_set_session_cache_mode(ctx.get(), SSL_SESS_CACHE_SERVER);
+  return ctx;
+}
+
+SslCtxPtr make_client_ctx(const TargetTls& tls, std::string* error) {
+  ERR_clear_error();
+  SslCtxPtr ctx(SSL_CTX_new(TLS_client_method()));
+  if (!ctx) {
+    *error = "cannot create a TLS context: " + openssl_reason();
+    return nullptr;
+  }
+  harden(ctx.get());
+  SSL_CTX_set_min_proto_version(ctx.get(), TLS1_2_VERSION);
+  if (tls.verify) {
+    SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
+    if (SSL_CTX_set_default_verify_paths(ctx.get()) != 1) ERR_clear_error();  // no system store: CA file only
+    if (!tls.ca_file.empty() && SSL_CTX_load_verify_locations(ctx.get(), tls.ca_file.c_str(), nullptr) != 1) {
+      *error = "cannot load the CA file " + tls.ca_file + ": " + openssl_reason();
+      return nullptr;
+    }
+  } else {
+    SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_NONE, nullptr);
+  }
+  if (!tls.client_certificate.empty()) {
+    if (SSL_CTX_use_certificate_chain_file(ctx.get(), tls.client_certificate.c_str()) != 1) {
+      *error = "cannot load the client certificate " + tls.client_certificate + ": " + openssl_reason();
+      return nullptr;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx.get(), tls.client_private_key.c_str(), SSL_FILETYPE_PEM) != 1) {
+      *error = "cannot load the client private key " + tls.client_private_key + ": " + openssl_reason();
+      return nullptr;
+    }
+    if (SSL_CTX_check_private_key(ctx.get()) != 1) {
+      *error = "the client private key " + tls.client_private_key + " does not match " + tls.client_certificate;
+      ERR_clear_error();
+      return nullptr;
+    }
+  }
+  SSL_CTX_set_session_cache_mode(ctx.get(), SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+  return ctx;
+}
+
+}  // namespace dechunkd

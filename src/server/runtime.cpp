@@ -1,0 +1,51 @@
+#include "server/runtime.hpp"
+
+#include "log/log.hpp"
+#include "net/tls_context.hpp"
+
+namespace dechunkd {
+
+Runtime::Runtime(std::shared_ptr<const Config> c)
+    : config(std::move(c)), router(*config),
+      head_limits{config->limits.max_header_size, config->limits.max_headers, config->limits.max_uri_size} {}
+
+std::shared_ptr<const Runtime> Runtime::create(std::shared_ptr<const Config> config, std::string* error) {
+  auto rt = std::make_shared<Runtime>(std::move(config));
+  for (const ListenConfig& l : rt->config->listen) {
+    if (!l.tls) continue;
+    SslCtxPtr ctx = make_server_ctx(*l.tls, error);
+    if (!ctx) {
+      *error = "listener " + l.address + ": " + *error;
+      return nullptr;
+    }
+    rt->server_ctx_[l.address] = std::move(ctx);
+  }
+  for (const RouteConfig& r : rt->config->routes) {
+    for (const TargetConfig& t : r.targets) {
+      if (!t.url.tls) continue;
+      SslCtxPtr ctx = make_client_ctx(t.tls, error);
+      if (!ctx) {
+        *error = "route " + r.name + " target " + t.url.redacted() + ": " + *error;
+        return nullptr;
+      }
+      if (!t.tls.verify) {
+        log_warn("route=" + r.name + " target=" + t.url.redacted() +
+                 ": tls.verify is false: the target's certificate is NOT checked (anyone on the path can impersonate it)");
+      }
+      rt->client_ctx_[&t] = std::move(ctx);
+    }
+  }
+  return rt;
+}
+
+SSL_CTX* Runtime::server_ctx(const std::string& listen_address) const {
+  auto it = server_ctx_.find(listen_address);
+  return it == server_ctx_.end() ? nullptr : it->second.get();
+}
+
+SSL_CTX* Runtime::client_ctx(const TargetConfig& target) const {
+  auto it = client_ctx_.find(&target);
+  return it == client_ctx_.end() ? nullptr : it->second.get();
+}
+
+}  // namespace dechunkd
