@@ -328,6 +328,10 @@ struct ResponseCallbacks {
   static int on_headers_complete(llhttp_t* p) {
     ResponseCodec* c = self(p);
     int status = p->status_code;
+    if (status < 100) {
+      c->fail("the target sent an invalid status code (below 100)");
+      return HPE_USER;
+    }
     if (status >= 100 && status < 200 && status != 101) {
       return 0;  // interim: llhttp treats it as a body-less message; we skip it
     }
