@@ -169,7 +169,8 @@ void split_authorization(std::string_view v, std::string_view* scheme,
 // (the fetched algorithm) is immutable and reference-counted: safe to share between threads.
 class HmacStream {
  public:
-  HmacStream(EVP_MAC* mac, const char* digest, const SecretBytes& key) : ctx_(EVP_MAC_CTX_new(mac)) {
+  HmacStream(EVP_MAC* mac, const char* digest, const SecretBytes& key)
+      : ctx_(EVP_MAC_CTX_new(mac)) {
     if (!ctx_) return;
     OSSL_PARAM params[] = {
         OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, const_cast<char*>(digest), 0),
@@ -398,6 +399,9 @@ std::string format_tolerance(Millis t) {
   return ms % 1000 == 0 ? std::to_string(ms / 1000) + " s" : std::to_string(ms) + " ms";
 }
 
+// check_head refuses what the head alone settles; check_body repeats those checks (with its own
+// now_unix) and verifies the signatures, so it is the verdict and may be called on its own.
+// v1 is verified while streaming the body; v1a (Ed25519) needs a contiguous copy.
 class StandardWebhooksAuthenticator final : public Authenticator {
  public:
   StandardWebhooksAuthenticator(EvpMacPtr mac, std::vector<SecretBytes> secrets,
@@ -465,9 +469,9 @@ class StandardWebhooksAuthenticator final : public Authenticator {
   // check. Fills *out.
   AuthResult parse(const RequestHead& head, int64_t now_unix, WebhookHead* out) const {
     std::string_view signatures;
-    for (const auto& [name, value] : {std::pair{kWebhookId, &out->id},
-                                      std::pair{kWebhookTimestamp, &out->timestamp},
-                                      std::pair{kWebhookSignature, &signatures}}) {
+    for (const auto& [name, value] :
+         {std::pair{kWebhookId, &out->id}, std::pair{kWebhookTimestamp, &out->timestamp},
+          std::pair{kWebhookSignature, &signatures}}) {
       const Presence p = find_field(head, name, value);
       if (p != Presence::Single) return fail(presence_reason(name, p));
       if (value->empty()) return fail(std::string(name) + " header is empty");
@@ -480,8 +484,8 @@ class StandardWebhooksAuthenticator final : public Authenticator {
     // |ts - now| s outside tolerance_ ms  <=>  |ts - now| > floor(tolerance_ / 1000), in integers.
     const int64_t limit = tolerance_.count() / 1000;
     if (ts < now - limit) {
-      return fail("webhook-timestamp is " + std::to_string(now - ts) + " s in the past, outside the " +
-                  format_tolerance(tolerance_) + " tolerance");
+      return fail("webhook-timestamp is " + std::to_string(now - ts) +
+                  " s in the past, outside the " + format_tolerance(tolerance_) + " tolerance");
     }
     if (ts > now + limit) {
       return fail("webhook-timestamp is " + std::to_string(ts - now) +
@@ -526,11 +530,15 @@ class StandardWebhooksAuthenticator final : public Authenticator {
   }
 
   // Gathers id.timestamp.body into one buffer (the only copy of a body in this module) and
-  // tries every v1a signature with every key. ok, or a failure with a reason when the body
+  // tries every v1a signature with every key. Memory: one allocation of exactly
+  // body + id + timestamp + 2 bytes (at most the route's max_body_size plus the head), held only
+  // for this call and only when a v1a signature is present and no v1 signature matched; sized by
+  // pass 1, so there is no doubling growth. A spill-file body is read a second time for it. ok, or a failure with a reason when the body
   // could not be gathered; an empty reason means "no match".
   AuthResult verify_ed25519(const WebhookHead& w, const BodyBytes& body, uint64_t body_size) const {
     const size_t head_size = w.id.size() + w.timestamp.size() + 2;
-    if (body_size > SIZE_MAX - head_size) return fail("webhook-signature not checked: body too large");
+    if (body_size > SIZE_MAX - head_size)
+      return fail("webhook-signature not checked: body too large");
     const size_t size = head_size + static_cast<size_t>(body_size);
     std::unique_ptr<unsigned char[]> msg(new (std::nothrow) unsigned char[size]);
     if (!msg) return fail("webhook-signature not checked: out of memory for the signed content");
@@ -565,10 +573,10 @@ class StandardWebhooksAuthenticator final : public Authenticator {
     return AuthResult{};
   }
 
-  EvpMacPtr mac_;                   // HMAC, null when there are no secrets
+  EvpMacPtr mac_;                     // HMAC, null when there are no secrets
   std::vector<SecretBytes> secrets_;  // decoded bytes after "whsec_"
-  std::vector<EvpPkeyPtr> keys_;    // Ed25519 public keys, read-only after create
-  Millis tolerance_;                // accepted |timestamp - now|
+  std::vector<EvpPkeyPtr> keys_;      // Ed25519 public keys, read-only after create
+  Millis tolerance_;                  // accepted |timestamp - now|
 };
 
 // Reads one PEM public key and checks it is Ed25519 and usable for verification.
@@ -576,8 +584,8 @@ EvpPkeyPtr load_ed25519_key(const std::string& path, std::string* error) {
   errno = 0;
   std::unique_ptr<FILE, FileClose> f(std::fopen(path.c_str(), "rb"));
   if (!f) {
-    set_error(error, "public key " + path + ": cannot be read: " +
-                         std::generic_category().message(errno));
+    set_error(error,
+              "public key " + path + ": cannot be read: " + std::generic_category().message(errno));
     return nullptr;
   }
   EvpPkeyPtr key(PEM_read_PUBKEY(f.get(), nullptr, nullptr, nullptr));
@@ -645,7 +653,8 @@ std::unique_ptr<Authenticator> create_standard_webhooks(const AuthConfig& c, std
   for (size_t i = 0; i < c.secrets.size(); ++i) {
     const std::string_view s = c.secrets[i];
     std::string bytes;
-    if (s.substr(0, kPrefix.size()) != kPrefix || !base64_decode(s.substr(kPrefix.size()), &bytes)) {
+    if (s.substr(0, kPrefix.size()) != kPrefix ||
+        !base64_decode(s.substr(kPrefix.size()), &bytes)) {
       wipe(bytes);
       // The value itself is not repeated: it is a secret.
       set_error(error, "standard_webhooks secret " + std::to_string(i + 1) + " of " +

@@ -136,11 +136,15 @@ struct ProxyCall::DnsRequest {
     if (self->call) {
       ProxyCall* call = self->call;
       call->dns_ = nullptr;
-      if (err == 0 && res) {
-        call->resolved(0, res->ai_addr, static_cast<socklen_t>(res->ai_addrlen));
-      } else {
-        call->resolved(err == 0 ? EVUTIL_EAI_FAIL : err, nullptr, 0);
+      std::vector<sockaddr_storage> addrs;
+      for (evutil_addrinfo* ai = err == 0 ? res : nullptr; ai; ai = ai->ai_next) {
+        if (ai->ai_addrlen > sizeof(sockaddr_storage)) continue;
+        sockaddr_storage ss{};
+        std::memcpy(&ss, ai->ai_addr, ai->ai_addrlen);
+        addrs.push_back(ss);
       }
+      int status = err == 0 && addrs.empty() ? EVUTIL_EAI_FAIL : err;  // before addrs is moved
+      call->resolved(status, std::move(addrs));
     }
     if (res) evutil_freeaddrinfo(res);
     delete self;
@@ -232,7 +236,9 @@ void ProxyCall::connect_fresh() {
     len = sizeof *s6;
   }
   if (len) {
-    connect_to(reinterpret_cast<sockaddr*>(&ss), len);
+    addrs_.assign(1, ss);
+    next_addr_ = 0;
+    connect_next();
     return;
   }
   auto* req = new DnsRequest{this};
@@ -249,35 +255,51 @@ void ProxyCall::connect_fresh() {
   if (dns_ == req) req->req = r;
 }
 
-void ProxyCall::resolved(int err, const sockaddr* addr, socklen_t len) {
+void ProxyCall::resolved(int err, std::vector<sockaddr_storage> addrs) {
   if (state_ != State::Resolving) return;
-  if (err != 0 || !addr) {
+  if (err != 0 || addrs.empty()) {
     const Url& hop = target_.proxy ? *target_.proxy : target_.url;
     fail(ErrorKind::BadGateway, std::string("cannot resolve ") + hop.host + ": " + evutil_gai_strerror(err));
     return;
   }
-  connect_to(addr, len);
+  addrs_ = std::move(addrs);
+  next_addr_ = 0;
+  connect_next();
 }
 
-void ProxyCall::connect_to(const sockaddr* addr, socklen_t len) {
-  int fd = ::socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) {
-    fail(ErrorKind::BadGateway, std::string("cannot create a socket: ") + std::strerror(errno));
-    return;
+namespace {
+socklen_t sockaddr_len(const sockaddr_storage& ss) {
+  return ss.ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+}
+}  // namespace
+
+// Tries the resolved addresses in order ("localhost" may give ::1 first while the target only
+// listens on 127.0.0.1); the first failure that is not "refused/unreachable" is final.
+void ProxyCall::connect_next() {
+  while (next_addr_ < addrs_.size()) {
+    const sockaddr_storage& ss = addrs_[next_addr_++];
+    const auto* addr = reinterpret_cast<const sockaddr*>(&ss);
+    conn_.reset();
+    int fd = ::socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+      last_connect_error_ = std::string("cannot create a socket: ") + std::strerror(errno);
+      continue;
+    }
+    set_nodelay(fd);
+    conn_ = std::make_unique<UpstreamConn>(worker_, fd, key_);
+    conn_->set_handler(this);
+    state_ = State::Connecting;
+    if (::connect(fd, addr, sockaddr_len(ss)) == 0) {
+      connected();
+      return;
+    }
+    if (errno == EINPROGRESS) {
+      conn_->want_write(true);
+      return;
+    }
+    last_connect_error_ = "connect to " + format_sockaddr(addr) + " failed: " + std::strerror(errno);
   }
-  set_nodelay(fd);
-  conn_ = std::make_unique<UpstreamConn>(worker_, fd, key_);
-  conn_->set_handler(this);
-  state_ = State::Connecting;
-  if (::connect(fd, addr, len) == 0) {
-    connected();
-    return;
-  }
-  if (errno != EINPROGRESS) {
-    fail(ErrorKind::BadGateway, std::string("connect to ") + format_sockaddr(addr) + " failed: " + std::strerror(errno));
-    return;
-  }
-  conn_->want_write(true);
+  fail(ErrorKind::BadGateway, last_connect_error_.empty() ? "no address to connect to" : last_connect_error_);
 }
 
 void ProxyCall::connected() {
@@ -424,7 +446,10 @@ void ProxyCall::upstream_writable(UpstreamConn& c) {
     getsockopt(c.fd(), SOL_SOCKET, SO_ERROR, &soerr, &l);
     c.want_write(false);
     if (soerr != 0) {
-      fail(ErrorKind::BadGateway, std::string("connect failed: ") + std::strerror(soerr));
+      const sockaddr_storage& ss = addrs_[next_addr_ - 1];
+      last_connect_error_ = "connect to " + format_sockaddr(reinterpret_cast<const sockaddr*>(&ss)) +
+                            " failed: " + std::strerror(soerr);
+      connect_next();  // the next address, or the final 502
       return;
     }
     connected();

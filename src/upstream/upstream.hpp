@@ -1,6 +1,8 @@
 // Outbound side: connections to targets, the per-worker keep-alive pool, and ProxyCall, which
 // sends one de-chunked request to its target and streams the response back to the client.
 #pragma once
+#include <sys/socket.h>
+
 #include <chrono>
 #include <memory>
 #include <string>
@@ -109,8 +111,8 @@ class ProxyCall : public UpstreamHandler, public BodySink, public Deferred {
   static void on_timer(evutil_socket_t, short, void* arg);
 
   void connect_fresh();
-  void resolved(int err, const sockaddr* addr, socklen_t len);
-  void connect_to(const sockaddr* addr, socklen_t len);
+  void resolved(int err, std::vector<sockaddr_storage> addrs);
+  void connect_next();
   void connected();
   void tunnel_readable();
   bool start_tls();
@@ -138,6 +140,9 @@ class ProxyCall : public UpstreamHandler, public BodySink, public Deferred {
   ResponseCodec resp_;
   BlockRef cur_block_;
   std::string tunnel_buf_;    // the proxy's answer to CONNECT
+  std::vector<sockaddr_storage> addrs_;  // resolved addresses, tried in order
+  size_t next_addr_ = 0;
+  std::string last_connect_error_;
   bool resent_ = false;
   bool head_relayed_ = false;
   bool reading_paused_ = false;
