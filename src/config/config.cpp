@@ -45,10 +45,7 @@ struct PendingFeature {
 };
 
 constexpr PendingFeature kNotSupportedYet[] = {
-    {Feature::TrustedProxies, "'trusted_proxies'"},
     {Feature::QueueMode, "mode 'queue'"},
-    {Feature::RouteAuth, "route 'auth'"},
-    {Feature::AllowFrom, "'allow_from'"},
 };
 // ---------------------------------------------------------------------------------------------
 

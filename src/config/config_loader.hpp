@@ -111,6 +111,7 @@ class Loader {
   void error(Pos p, std::string message) {
     errors_.push_back(ConfigError{file_, p.line, p.col, std::move(message)});
   }
+  size_t error_count() const { return errors_.size(); }
 
  private:
   // Typed readers: each reports its own errors and returns nullopt on any.

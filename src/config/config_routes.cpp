@@ -4,6 +4,7 @@
 
 #include "config/config_detail.hpp"
 #include "config/config_loader.hpp"
+#include "auth/auth.hpp"
 #include "net/tls_context.hpp"
 
 namespace dechunkd::config_detail {
@@ -204,7 +205,13 @@ void Loader::parse_route(const Field& item, Config& c) {
   if (auto x = m.take("auth")) {
     use(Feature::RouteAuth, x->key_pos);
     AuthConfig auth;
+    size_t errors_before = error_count();
     parse_auth(*x, auth);
+    if (error_count() == errors_before) {
+      // Keys and secrets are loaded now, so --check reports an unreadable PEM file.
+      std::string why;
+      if (!Authenticator::create(auth, &why)) error(x->value_pos, "auth: " + why);
+    }
     r.auth = std::move(auth);
   }
   if (auto x = m.take("allow_from")) {

@@ -1,10 +1,12 @@
 #include "server/inbound_connection.hpp"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -99,6 +101,7 @@ InboundConnection::InboundConnection(Worker& worker, int fd, const sockaddr_stor
   }
   const auto* sa = reinterpret_cast<const sockaddr*>(&peer);
   remote_ = format_sockaddr(sa);
+  peer_ = peer;
   ctx_.client_ip = format_ip(sa);
   ctx_.runtime = worker_.runtime();
   read_ev_.reset(event_new(worker_.base(), fd_, EV_READ | EV_PERSIST, on_read, this));
@@ -409,7 +412,7 @@ void InboundConnection::head_complete() {
   RouteMatch m = ctx_.runtime->router.match(head.host, head.path, head.method);
   if (!m.route) {
     if (!m.allow.empty()) {
-      allow_ = std::move(m.allow);
+      extra_headers_ = "Allow: " + m.allow + "\r\n";
       send_error(ErrorKind::MethodNotAllowed, "the route does not accept this method", true);
     } else {
       send_error(ErrorKind::NoRoute, "no route matches this request", true);
@@ -418,6 +421,24 @@ void InboundConnection::head_complete() {
   }
   ctx_.route = m.route;
   ctx_.remainder = m.remainder;
+  resolve_client();
+  if (!m.route->allow_from.empty() && !client_allowed(m.route->allow_from)) {
+    log_info("route=" + m.route->name + " request_id=" + ctx_.request_id + ": client " + effective_ip_ +
+             " is not in allow_from (403)");
+    send_error(ErrorKind::Forbidden, "the client address is not allowed on this route", true);
+    return;
+  }
+  if (const Authenticator* auth = ctx_.runtime->authenticator(*m.route)) {
+    for (const std::string& n : auth->strip_names()) ctx_.strip_names.push_back(n);
+    // Header-based credentials are decided now (before 100 Continue); signatures after the body.
+    if (!auth->needs_body()) {
+      AuthResult r = auth->check_head(head, wall_clock_ms() / 1000);
+      if (!r.ok) {
+        refuse_unauthorized(r);
+        return;
+      }
+    }
+  }
   if (head.expect_other) {
     send_error(ErrorKind::ExpectationFailed, "only 'Expect: 100-continue' is supported", true);
     return;
@@ -558,7 +579,105 @@ void InboundConnection::body_complete() {
   dispatch_pending_ = true;  // process() dispatches once the rest of the read is stashed
 }
 
+namespace {
+// The body as the authenticator sees it: the spilled part first, then the spans in memory.
+class RequestBodyBytes : public BodyBytes {
+ public:
+  explicit RequestBodyBytes(const RequestBody& b) : b_(b) {}
+  bool visit(const std::function<bool(const char*, size_t)>& fn) const override {
+    if (b_.spill_fd >= 0) {
+      std::string buf(64 * 1024, '\0');
+      uint64_t off = 0;
+      while (off < b_.spilled) {
+        size_t want = static_cast<size_t>(std::min<uint64_t>(buf.size(), b_.spilled - off));
+        ssize_t n = ::pread(b_.spill_fd, buf.data(), want, static_cast<off_t>(off));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return false;
+        if (!fn(buf.data(), static_cast<size_t>(n))) return true;
+        off += static_cast<uint64_t>(n);
+      }
+    }
+    for (const Span& s : b_.spans) {
+      if (!fn(s.ptr, s.len)) return true;
+    }
+    return true;
+  }
+
+ private:
+  const RequestBody& b_;
+};
+}  // namespace
+
+void InboundConnection::refuse_unauthorized(const AuthResult& r) {
+  log_info("route=" + ctx_.route->name + " request_id=" + ctx_.request_id + " client=" + effective_ip_ +
+           ": unauthorized (401): " + r.reason);
+  if (!r.www_authenticate.empty()) extra_headers_ = "WWW-Authenticate: " + r.www_authenticate + "\r\n";
+  // Refused from the head: the body is never read, so the connection closes (SPEC 11); after
+  // the body it stays open.
+  send_error(ErrorKind::Unauthorized, "missing or invalid credentials", state_ != State::Handling);
+}
+
+// The client address the gateway believes: the peer, or with trusted_proxies and a trusted
+// peer, the rightmost X-Forwarded-For entry that is not itself a trusted proxy.
+void InboundConnection::resolve_client() {
+  const auto* peer = reinterpret_cast<const sockaddr*>(&peer_);
+  effective_ip_ = ctx_.client_ip;
+  effective_addr_ = peer_;
+  const ListenConfig* lc = nullptr;
+  for (const ListenConfig& l : config().listen) {
+    if (l.address == listen_address_) lc = &l;
+  }
+  if (!lc || lc->trusted_proxies.empty()) return;
+  auto trusted = [&](const sockaddr* sa) {
+    for (const Cidr& c : lc->trusted_proxies) {
+      if (c.contains(sa)) return true;
+    }
+    return false;
+  };
+  if (!trusted(peer)) {
+    // Not from a trusted proxy: its X-Forwarded-For is not believed and not passed on.
+    ctx_.strip_names.push_back("X-Forwarded-For");
+    return;
+  }
+  std::vector<std::string_view> hops;
+  for (const HeaderField& f : ctx_.head.fields) {
+    if (iequals(f.name, "x-forwarded-for")) split_tokens(f.value, hops);
+  }
+  for (size_t i = hops.size(); i-- > 0;) {
+    std::string ip(hops[i]);
+    sockaddr_storage ss{};
+    auto* s4 = reinterpret_cast<sockaddr_in*>(&ss);
+    auto* s6 = reinterpret_cast<sockaddr_in6*>(&ss);
+    if (inet_pton(AF_INET, ip.c_str(), &s4->sin_addr) == 1) {
+      s4->sin_family = AF_INET;
+    } else if (inet_pton(AF_INET6, ip.c_str(), &s6->sin6_addr) == 1) {
+      s6->sin6_family = AF_INET6;
+    } else {
+      break;  // garbage: believe nothing further left
+    }
+    effective_ip_ = ip;
+    effective_addr_ = ss;
+    if (!trusted(reinterpret_cast<sockaddr*>(&ss))) break;
+  }
+}
+
+bool InboundConnection::client_allowed(const std::vector<Cidr>& allow) const {
+  for (const Cidr& c : allow) {
+    if (c.contains(reinterpret_cast<const sockaddr*>(&effective_addr_))) return true;
+  }
+  return false;
+}
+
 void InboundConnection::dispatch() {
+  if (const Authenticator* auth = ctx_.runtime->authenticator(*ctx_.route)) {
+    if (auth->needs_body()) {
+      AuthResult r = auth->check_body(ctx_.head, RequestBodyBytes(ctx_.body), wall_clock_ms() / 1000);
+      if (!r.ok) {
+        refuse_unauthorized(r);
+        return;
+      }
+    }
+  }
   switch (ctx_.route->mode) {
     case RouteMode::Echo:
       serve_echo();
@@ -587,6 +706,7 @@ void InboundConnection::serve_echo() {
   in.request_id_generated = ctx_.request_id_generated;
   in.trailers = &trailer_fields;
   in.body_length = ctx_.body.size;
+  for (const std::string& n : ctx_.strip_names) in.strip_names.push_back(n);
   std::string echo;
   build_outbound_head(in, echo);
   status_ = 200;
@@ -719,11 +839,7 @@ void InboundConnection::send_error(ErrorKind kind, std::string_view message, boo
   h += "\r\nContent-Type: application/json\r\nContent-Length: ";
   append_uint(h, body.size());
   h += "\r\n";
-  if (kind == ErrorKind::MethodNotAllowed) {
-    h += "Allow: ";
-    h += allow_;
-    h += "\r\n";
-  }
+  h += extra_headers_;  // Allow for a 405, WWW-Authenticate for a 401
   if (kind == ErrorKind::Overloaded) h += "Retry-After: 1\r\n";
   append_common_headers(h, will_close());
   h += body;
@@ -826,7 +942,9 @@ void InboundConnection::reset_request() {
   dispatch_pending_ = false;
   response_started_ = response_complete_ = chunked_out_ = false;
   status_ = 0;
-  allow_.clear();
+  extra_headers_.clear();
+  ctx_.strip_names.clear();
+  effective_ip_.clear();
   logged_ = false;
   target_status_ = -1;
   target_ms_ = -1;
@@ -863,7 +981,8 @@ void InboundConnection::account_request() {
   AccessRecord r;
   r.time_ms = start_wall_ms_;
   r.request_id = ctx_.request_id;
-  r.remote = remote_;
+  std::string remote = effective_ip_.empty() || effective_ip_ == ctx_.client_ip ? remote_ : effective_ip_;
+  r.remote = remote;
   r.route = route_name;
   r.method = ctx_.head.method;
   r.path = ctx_.head.path;

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "auth/auth.hpp"
 #include "http/codec.hpp"
 #include "http/errors.hpp"
 #include "http/request_head.hpp"
@@ -50,6 +51,7 @@ struct RequestContext {
   bool inbound_tls = false;       // arrived over HTTPS (X-Forwarded-Proto)
   RequestBody body;
   std::vector<std::pair<std::string, std::string>> trailers;
+  std::vector<std::string> strip_names;  // fields not forwarded: checked credentials, untrusted XFF
 };
 
 class InboundConnection : public BodySink {
@@ -120,6 +122,9 @@ class InboundConnection : public BodySink {
   void begin_close();       // write what is queued, then linger and close
   void start_linger();
   void account_request();  // metrics and access log, once per request
+  void resolve_client();
+  bool client_allowed(const std::vector<Cidr>& allow) const;
+  void refuse_unauthorized(const AuthResult& r);
   void close_now();
   void arm_timer(std::chrono::milliseconds d);
   const Config& config() const { return *ctx_.runtime->config; }
@@ -129,6 +134,9 @@ class InboundConnection : public BodySink {
   int fd_;
   std::unique_ptr<Transport> transport_;  // plain or TLS: the only thing that knows
   std::string remote_;           // "ip:port"
+  sockaddr_storage peer_{};
+  std::string effective_ip_;     // the client as believed (trusted_proxies), for allow_from and logs
+  sockaddr_storage effective_addr_{};
   std::string listen_address_;    // the listen entry (as configured) this connection came in on
   State state_ = State::ReadingHead;
   EventPtr read_ev_, write_ev_, timer_ev_;
@@ -156,7 +164,7 @@ class InboundConnection : public BodySink {
   bool chunked_out_ = false;       // relaying a body with chunked framing
   bool closing_shutdown_ = false;  // SHUT_WR done, lingering
   int status_ = 0;
-  std::string allow_;              // Allow value for a 405
+  std::string extra_headers_;      // Allow (405) or WWW-Authenticate (401) lines for an error
   bool logged_ = false;            // the request was counted and logged
   bool in_flight_ = false;         // counted in requests_in_flight
   bool draining_ = false;

@@ -21,6 +21,14 @@ std::shared_ptr<const Runtime> Runtime::create(std::shared_ptr<const Config> con
     rt->server_ctx_[l.address] = std::move(ctx);
   }
   for (const RouteConfig& r : rt->config->routes) {
+    if (r.auth) {
+      auto a = Authenticator::create(*r.auth, error);
+      if (!a) {
+        *error = "route " + r.name + ": auth: " + *error;
+        return nullptr;
+      }
+      rt->auth_[&r] = std::move(a);
+    }
     for (const TargetConfig& t : r.targets) {
       if (!t.url.tls) continue;
       SslCtxPtr ctx = make_client_ctx(t.tls, error);
@@ -41,6 +49,11 @@ std::shared_ptr<const Runtime> Runtime::create(std::shared_ptr<const Config> con
 SSL_CTX* Runtime::server_ctx(const std::string& listen_address) const {
   auto it = server_ctx_.find(listen_address);
   return it == server_ctx_.end() ? nullptr : it->second.get();
+}
+
+const Authenticator* Runtime::authenticator(const RouteConfig& route) const {
+  auto it = auth_.find(&route);
+  return it == auth_.end() ? nullptr : it->second.get();
 }
 
 SSL_CTX* Runtime::client_ctx(const TargetConfig& target) const {

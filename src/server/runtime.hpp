@@ -7,6 +7,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "auth/auth.hpp"
 #include "config/config.hpp"
 #include "http/request_head.hpp"
 #include "net/transport.hpp"
@@ -28,12 +29,15 @@ class Runtime {
   SSL_CTX* server_ctx(const std::string& listen_address) const;
   // The target's context, or nullptr for http:// targets.
   SSL_CTX* client_ctx(const TargetConfig& target) const;
+  // The route's inbound authentication, or nullptr when it has none.
+  const Authenticator* authenticator(const RouteConfig& route) const;
 
   explicit Runtime(std::shared_ptr<const Config> c);
 
  private:
   std::map<std::string, SslCtxPtr> server_ctx_;
   std::unordered_map<const TargetConfig*, SslCtxPtr> client_ctx_;
+  std::unordered_map<const RouteConfig*, std::unique_ptr<Authenticator>> auth_;
 };
 
 }  // namespace dechunkd

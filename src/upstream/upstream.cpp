@@ -204,6 +204,7 @@ void ProxyCall::start() {
   for (auto& t : ctx_.trailers) trailer_fields.push_back(HeaderField{t.first, t.second});
   in.trailers = &trailer_fields;
   in.body_length = ctx_.body.size;
+  for (const std::string& n : ctx_.strip_names) in.strip_names.push_back(n);
   head_.reserve(512 + ctx_.head.raw.size());
   build_outbound_head(in, head_);
 
