@@ -12,4 +12,5 @@ apt-get install -y --no-install-recommends \
   libevent-dev node-llhttp libyaml-cpp-dev libssl-dev doctest-dev \
   clang libclang-rt-14-dev libfuzzer-14-dev \
   curl python3 procps \
-  lintian rpm rpmlint file dpkg-dev systemd prometheus
+  lintian rpm rpmlint file dpkg-dev systemd prometheus \
+  man-db cpio adduser logrotate shellcheck
