@@ -33,8 +33,14 @@ void WorkerStats::add(const WorkerStats& o) {
   requests_in_flight += o.requests_in_flight;
 }
 
+Histogram& WorkerStats::upstream(RouteStats& rs, std::string_view target) {
+  auto it = rs.upstream_duration.find(target);
+  if (it == rs.upstream_duration.end()) it = rs.upstream_duration.emplace(std::string(target), Histogram{}).first;
+  return it->second;
+}
+
 RouteStats& WorkerStats::route(std::string_view name, std::string_view mode) {
-  auto it = routes.find(std::string(name));
+  auto it = routes.find(name);
   if (it == routes.end()) it = routes.emplace(std::string(name), RouteStats{}).first;
   if (it->second.mode.empty()) it->second.mode.assign(mode);
   return it->second;

@@ -28,15 +28,16 @@ struct RouteStats {
   Histogram duration;
   uint64_t received_bytes = 0;
   uint64_t chunked_requests = 0;
-  std::map<std::string, Histogram> upstream_duration;  // by target (no query)
+  std::map<std::string, Histogram, std::less<>> upstream_duration;  // by target (no query)
   void add(const RouteStats& o);
 };
 
 struct WorkerStats {
-  std::map<std::string, RouteStats> routes;  // by route name; "_unmatched" for no route
+  std::map<std::string, RouteStats, std::less<>> routes;  // by route name; "_unmatched" for no route
   int64_t requests_in_flight = 0;
   void add(const WorkerStats& o);
-  RouteStats& route(std::string_view name, std::string_view mode);
+  RouteStats& route(std::string_view name, std::string_view mode);  // no allocation once present
+  Histogram& upstream(RouteStats& rs, std::string_view target);
 };
 
 // Process-wide values the main thread owns.

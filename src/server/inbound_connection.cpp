@@ -930,7 +930,10 @@ void InboundConnection::reset_request() {
   request_bytes_seen_ = false;
   head_buf_.clear();
   if (head_buf_.capacity() > 8192) head_buf_.shrink_to_fit();
+  std::vector<HeaderField> fields = std::move(ctx_.head.fields);  // keeps its capacity
+  fields.clear();
   ctx_.head = RequestHead{};
+  ctx_.head.fields = std::move(fields);
   ctx_.route = nullptr;
   ctx_.remainder = {};
   ctx_.request_id.clear();
@@ -973,7 +976,9 @@ void InboundConnection::account_request() {
   rs.received_bytes += ctx_.body.size;
   if (chunked_in_) ++rs.chunked_requests;
   if (target_ms_ >= 0 && ctx_.route && !ctx_.route->targets.empty()) {
-    rs.upstream_duration[ctx_.route->targets.front().url.redacted()].observe(static_cast<double>(target_ms_) / 1000.0);
+    worker_.stats()
+        .upstream(rs, ctx_.runtime->target_label(ctx_.route->targets.front()))
+        .observe(static_cast<double>(target_ms_) / 1000.0);
   }
 
   AccessLog& log = worker_.access_log();

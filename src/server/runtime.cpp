@@ -30,6 +30,15 @@ std::shared_ptr<const Runtime> Runtime::create(std::shared_ptr<const Config> con
       rt->auth_[&r] = std::move(a);
     }
     for (const TargetConfig& t : r.targets) {
+      TargetInfo& info = rt->targets_[&t];
+      info.label = t.url.redacted();
+      // Connections are shared only between targets that would open the very same one.
+      info.pool_key = (t.url.tls ? "https://" : "http://") + t.url.host + ":" + std::to_string(t.url.port);
+      if (t.proxy) info.pool_key += " via " + t.proxy->host + ":" + std::to_string(t.proxy->port);
+      if (t.url.tls) {
+        info.pool_key += " sni=" + t.tls.server_name + " verify=" + (t.tls.verify ? "1" : "0") +
+                         " ca=" + t.tls.ca_file + " cert=" + t.tls.client_certificate;
+      }
       if (!t.url.tls) continue;
       SslCtxPtr ctx = make_client_ctx(t.tls, error);
       if (!ctx) {

@@ -31,6 +31,10 @@ class Runtime {
   SSL_CTX* client_ctx(const TargetConfig& target) const;
   // The route's inbound authentication, or nullptr when it has none.
   const Authenticator* authenticator(const RouteConfig& route) const;
+  // Per target, computed once: the URL without query (log lines, metric labels) and the key of
+  // the connections that can serve it (scheme, host, port, proxy, TLS settings).
+  const std::string& target_label(const TargetConfig& target) const { return targets_.at(&target).label; }
+  const std::string& pool_key(const TargetConfig& target) const { return targets_.at(&target).pool_key; }
 
   explicit Runtime(std::shared_ptr<const Config> c);
 
@@ -38,6 +42,11 @@ class Runtime {
   std::map<std::string, SslCtxPtr> server_ctx_;
   std::unordered_map<const TargetConfig*, SslCtxPtr> client_ctx_;
   std::unordered_map<const RouteConfig*, std::unique_ptr<Authenticator>> auth_;
+  struct TargetInfo {
+    std::string label;
+    std::string pool_key;
+  };
+  std::unordered_map<const TargetConfig*, TargetInfo> targets_;
 };
 
 }  // namespace dechunkd

@@ -153,13 +153,7 @@ struct ProxyCall::DnsRequest {
 
 ProxyCall::ProxyCall(Worker& w, InboundConnection& in, RequestContext& ctx, const TargetConfig& target)
     : worker_(w), in_(in), ctx_(ctx), target_(target) {
-  // Connections are shared only between targets that would open the very same one.
-  key_ = (target_.url.tls ? "https://" : "http://") + target_.url.host + ":" + std::to_string(target_.url.port);
-  if (target_.proxy) key_ += " via " + target_.proxy->host + ":" + std::to_string(target_.proxy->port);
-  if (target_.url.tls) {
-    key_ += " sni=" + target_.tls.server_name + " verify=" + (target_.tls.verify ? "1" : "0") +
-            " ca=" + target_.tls.ca_file + " cert=" + target_.tls.client_certificate;
-  }
+  key_ = ctx_.runtime->pool_key(target_);
   timer_.reset(event_new(w.base(), -1, 0, on_timer, this));
 }
 
@@ -464,7 +458,7 @@ bool ProxyCall::try_resend(const char* why) {
   // once, on a fresh connection: the target cannot have acted on the request (SPEC 4).
   if (!conn_ || !conn_->reused || resent_ || resp_.any_byte_seen()) return false;
   resent_ = true;
-  log_debug(std::string("route=") + ctx_.route->name + " target=" + target_.url.redacted() +
+  log_debug(std::string("route=") + ctx_.route->name + " target=" + ctx_.runtime->target_label(target_) +
             " request_id=" + ctx_.request_id + ": pooled connection was closed (" + why + "), resending on a new one");
   conn_.reset();
   connect_fresh();
@@ -590,7 +584,7 @@ void ProxyCall::fail(ErrorKind kind, const std::string& reason) {
   state_ = State::Done;
   event_del(timer_.get());
   conn_.reset();
-  log_warn(std::string("route=") + ctx_.route->name + " target=" + target_.url.redacted() +
+  log_warn(std::string("route=") + ctx_.route->name + " target=" + ctx_.runtime->target_label(target_) +
            " request_id=" + ctx_.request_id + ": " + reason + " (" + std::to_string(error_status(kind)) + " " +
            std::string(error_word(kind)) + ")");
   in_.upstream_failed(kind, reason);
