@@ -74,9 +74,12 @@ struct RequestCallbacks {
   static int on_header_value(llhttp_t* p, const char* at, size_t len) {
     RequestCodec* c = self(p);
     if (!c->in_trailers_) return 0;
-    // llhttp 8.1.0 accepts obs-fold and reports the folded part as a second value span: a value
-    // span never starts right after a LF otherwise.
-    char before = at > c->feed_begin_ ? at[-1] : c->prev_last_byte_;
+    // llhttp 8.1.0 accepts obs-fold and reports the folded part as another value span: the last
+    // byte before a value span, skipping SP/HTAB, is ':' (or a value byte after a read split),
+    // and a LF only for a folded line.
+    const char* q = at;
+    while (q > c->feed_begin_ && (q[-1] == ' ' || q[-1] == '\t')) --q;
+    char before = q > c->feed_begin_ ? q[-1] : c->prev_last_byte_;
     if (before == '\n') {
       c->fail(ErrorKind::BadRequest, "obs-fold (a line starting with whitespace) in the trailers");
       return HPE_USER;
@@ -233,7 +236,12 @@ RequestCodec::Status RequestCodec::run(const char* p, size_t n, size_t* consumed
   feed_begin_ = p;
   llhttp_errno_t err = llhttp_execute(&st_->parser, p, n);
   char old_tail[2] = {tail_[0], tail_[1]};  // the bytes before this feed
-  if (n > 0) prev_last_byte_ = p[n - 1];
+  for (size_t i = n; i-- > 0;) {  // the last byte before trailing SP/HTAB, across feeds
+    if (p[i] != ' ' && p[i] != '\t') {
+      prev_last_byte_ = p[i];
+      break;
+    }
+  }
   if (n >= 2) {
     tail_[0] = p[n - 2];
     tail_[1] = p[n - 1];
@@ -312,6 +320,10 @@ struct ResponseCallbacks {
   static int on_header_value_complete(llhttp_t* p) {
     ResponseCodec* c = self(p);
     if (c->head_done_) return 0;
+    if (c->cur_name_.empty()) {
+      c->fail("a response header has an empty name");
+      return HPE_USER;
+    }
     for (char ch : c->cur_value_) {
       if (ch == '\r' || ch == '\n' || ch == '\0') {
         c->fail("a response header value contains CR, LF or NUL");
@@ -333,7 +345,14 @@ struct ResponseCallbacks {
       return HPE_USER;
     }
     if (status >= 100 && status < 200 && status != 101) {
-      return 0;  // interim: llhttp treats it as a body-less message; we skip it
+      return 1;  // interim: never has a body, whatever it declares; skipped
+    }
+    for (char ch : c->reason_) {
+      // The reason phrase is relayed: no control bytes (response splitting).
+      if ((static_cast<unsigned char>(ch) < 0x20 && ch != '\t') || ch == 0x7f) {
+        c->fail("the target's reason phrase contains control characters");
+        return HPE_USER;
+      }
     }
     if (status == 101) {
       c->fail("the target switched protocols (101), which the gateway does not support");
@@ -346,7 +365,9 @@ struct ResponseCallbacks {
     c->content_length_ = c->has_content_length_ ? p->content_length : 0;
     c->no_body_ = c->head_request_ || status == 204 || status == 304;
     c->pause_for_head_ = true;
-    if (c->head_request_) return 1;  // no body, whatever the head says
+    // HEAD, 204 and 304 have no body whatever the head declares: a body sent anyway is never
+    // relayed (the bytes then make the connection unusable).
+    if (c->no_body_) return 1;
     return HPE_PAUSED;
   }
   static int on_body(llhttp_t* p, const char* at, size_t len) {

@@ -76,7 +76,7 @@ class RequestCodec {
   uint64_t trailer_fields_ = 0;
   bool field_seen_ = false;            // a name callback came for the current trailer line
   const char* feed_begin_ = nullptr;   // start of the bytes being fed (obs-fold detection)
-  char prev_last_byte_ = 0;            // last byte of the previous feed
+  char prev_last_byte_ = 0;            // last non-SP/HTAB byte fed before this feed
   char tail_[2] = {0, 0};              // last two bytes fed so far (final CRLF check)
   bool chunked_ = false;
   std::string normalized_;             // the head as fed to llhttp

@@ -1,12 +1,21 @@
 // A main() for the fuzz targets when libFuzzer is not linked (any compiler, also g++ and the
-// ASan build): runs LLVMFuzzerTestOneInput once over every file named on the command line or
-// found in a directory named there (not recursive, sorted by name). CTest runs it over each
-// seed corpus (fuzz.replay.<name>), so a crash, once added as a reproducer, stays fixed.
-// Exit status: 0 when every input ran, 2 on a usage error or when no input was found; an
-// invariant violation traps (SIGILL) and a sanitizer error aborts, which CTest reports.
+// ASan build): runs LLVMFuzzerTestOneInput over every file named on the command line or found
+// in a directory named there (not recursive, sorted by name). CTest runs it over each seed
+// corpus (fuzz.replay.<name>), so a crash, once added as a reproducer, stays fixed.
+//
+// Each input runs in a forked child, so one crashing input does not hide the others: the
+// summary names every failing file. --no-fork runs them in this process instead (for a
+// debugger); the first failure then ends the run.
+// Exit status: 0 when every input passed, 1 when any failed, 2 on a usage error or when no
+// input was found.
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -20,14 +29,33 @@ extern "C" __attribute__((weak)) int LLVMFuzzerInitialize(int* argc, char*** arg
 
 namespace fs = std::filesystem;
 
+namespace {
+
+bool read_file(const fs::path& p, std::vector<uint8_t>& out) {
+  std::ifstream in(p, std::ios::binary);
+  if (!in) return false;
+  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // An allocation of exactly the input's size, so ASan sees reads past the end as libFuzzer would.
+  out.assign(bytes.begin(), bytes.end());
+  out.shrink_to_fit();
+  return true;
+}
+
+void run_one(const std::vector<uint8_t>& bytes) {
+  LLVMFuzzerTestOneInput(bytes.empty() ? nullptr : bytes.data(), bytes.size());
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   if (LLVMFuzzerInitialize != nullptr) LLVMFuzzerInitialize(&argc, &argv);
-  if (argc < 2) {
-    std::fprintf(stderr, "usage: %s DIR_OR_FILE...\n", argv[0]);
-    return 2;
-  }
+  bool fork_each = true;
   std::vector<fs::path> inputs;
   for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--no-fork") == 0) {
+      fork_each = false;
+      continue;
+    }
     const fs::path arg(argv[i]);
     std::error_code ec;
     if (fs::is_directory(arg, ec)) {
@@ -49,23 +77,52 @@ int main(int argc, char** argv) {
     }
   }
   if (inputs.empty()) {
-    std::fprintf(stderr, "no inputs found: an empty corpus replays nothing\n");
+    std::fprintf(stderr, "usage: %s [--no-fork] DIR_OR_FILE...  (no inputs found)\n", argv[0]);
     return 2;
   }
+
+  std::vector<std::string> failed;
   for (const fs::path& p : inputs) {
-    std::ifstream in(p, std::ios::binary);
-    if (!in) {
+    std::vector<uint8_t> bytes;
+    if (!read_file(p, bytes)) {
       std::fprintf(stderr, "cannot read %s\n", p.c_str());
       return 2;
     }
-    const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    // Named before it runs, so a crash report says which input it was.
     std::fprintf(stderr, "replay: %s (%zu bytes)\n", p.c_str(), bytes.size());
-    // A copy in its own allocation, so ASan sees reads past the end as libFuzzer would.
-    std::vector<uint8_t> copy(bytes.begin(), bytes.end());
-    uint8_t* data = copy.empty() ? nullptr : copy.data();
-    LLVMFuzzerTestOneInput(data, copy.size());
+    std::fflush(stderr);
+    if (!fork_each) {
+      run_one(bytes);
+      continue;
+    }
+    const pid_t pid = ::fork();
+    if (pid < 0) {
+      std::perror("fork");
+      return 2;
+    }
+    if (pid == 0) {
+      run_one(bytes);
+      std::fflush(nullptr);
+      std::exit(0);  // runs the sanitizers' exit checks (leaks) in the child
+    }
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0) {
+      if (errno != EINTR) {
+        std::perror("waitpid");
+        return 2;
+      }
+    }
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) continue;
+    std::string why = WIFSIGNALED(status) ? std::string("signal ") + strsignal(WTERMSIG(status))
+                                          : "exit status " + std::to_string(WEXITSTATUS(status));
+    std::fprintf(stderr, "FAILED: %s (%s)\n", p.c_str(), why.c_str());
+    failed.push_back(p.string() + " (" + why + ")");
   }
-  std::fprintf(stderr, "replayed %zu inputs\n", inputs.size());
+
+  if (!failed.empty()) {
+    std::fprintf(stderr, "\n%zu of %zu inputs failed:\n", failed.size(), inputs.size());
+    for (const std::string& f : failed) std::fprintf(stderr, "  %s\n", f.c_str());
+    return 1;
+  }
+  std::fprintf(stderr, "replayed %zu inputs, all passed\n", inputs.size());
   return 0;
 }
