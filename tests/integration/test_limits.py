@@ -3,7 +3,7 @@ import threading
 import time
 import unittest
 
-from harness import (SANITIZED, WAIT, Client, Daemon, GatewayCase, build_request,
+from harness import (PeerClosed, SANITIZED, WAIT, Client, Daemon, GatewayCase, build_request,
                      scaled, wait_until)
 
 LIMITS = {"max_body_size": 1000, "max_header_size": 1024, "max_headers": 10,
@@ -291,6 +291,51 @@ class ConnectionLimitTests(GatewayCase):
             finally:
                 c.close()
         wait_until(served_again, WAIT, "a free connection slot after a close", step=0.1)
+
+
+class IdleFloodTests(GatewayCase):
+    """A flood of idle connections (slowloris without a byte) cannot hold the gateway: beyond
+    max_connections they get 503 at once, the held ones are closed by the header timer, and
+    well-behaved clients are served meanwhile or right after (issue 4)."""
+    receiver_names = ("main",)
+
+    @classmethod
+    def gateway(cls):
+        return Daemon([{"name": "l", "path_prefix": "/l", "target": cls.rcv.url("/l")}],
+                      workers=2, limits={"max_connections": 40}, timeouts={"header": "1s"})
+
+    def served(self) -> bool:
+        c = Client(self.gw.port)
+        try:
+            c.send(build_request("POST", "/l", body=b"ok"))
+            return c.final_response().status == 200
+        finally:
+            c.close()
+
+    def test_idle_flood_below_the_limit_does_not_slow_others(self):
+        idle = [self.connect() for _ in range(30)]
+        for _ in range(5):
+            self.assertTrue(self.served())
+        self.assertTrue(all(c.is_closed(timeout=WAIT) for c in idle), "idle connections outlived the header timer")
+
+    def test_idle_flood_over_the_limit_is_refused_then_drained(self):
+        flood = [Client(self.gw.port) for _ in range(60)]
+        for c in flood:
+            self.addCleanup(c.close)
+        # Which 40 are held depends on how the kernel spreads them over the workers: each one
+        # gets either an immediate 503, or is closed silently when its header timer runs out.
+        refused = silent = 0
+        for c in flood:
+            try:
+                resp = c.final_response()
+            except PeerClosed:
+                silent += 1
+                continue
+            self.assert_error(resp, 503, "overloaded")
+            self.assertTrue(c.is_closed())
+            refused += 1
+        self.assertEqual((refused, silent), (20, 40))
+        wait_until(self.served, WAIT, "a well-behaved client served after the flood", step=0.1)
 
 
 if __name__ == "__main__":
