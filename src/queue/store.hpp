@@ -67,6 +67,18 @@ struct StoreOptions {
   FsyncPolicy fsync = FsyncPolicy::Always;
   uint64_t max_bytes = 1ull << 30;   // storage.max_queue_size (dead letters included)
   uint64_t segment_bytes = 64ull << 20;  // roll to a new segment beyond this
+  // How long a dedupe key outlives its compacted message: the largest dedupe.window of any
+  // route (set_dedupe_retention() changes it after a reload).
+  int64_t dedupe_retention_ms = 24ll * 3600 * 1000;
+};
+
+// What the last compact() did, for the operator log and metrics.
+struct CompactionStats {
+  uint64_t segments_deleted = 0;
+  uint64_t bytes_reclaimed = 0;       // size of the deleted segment files
+  uint64_t bytes_copied = 0;          // bytes compaction wrote (live messages moved, states carried)
+  uint64_t dead_letters_expired = 0;  // dead letters past retention, now Deleted
+  std::string error;                  // empty unless compaction stopped on an I/O error
 };
 
 class QueueStore {
@@ -100,6 +112,14 @@ class QueueStore {
   // Space reclaim: rewrites or deletes segments whose messages are all finished (delivered, or
   // dead letters deleted or past retention_ms). Cheap to call often.
   virtual void compact(int64_t now_ms, int64_t dead_letter_retention_ms) = 0;
+
+  // Additions beyond the first interface (docs/queue-format.md):
+  virtual const CompactionStats& last_compaction() const = 0;
+  virtual void set_dedupe_retention(int64_t ms) = 0;
+  virtual uint64_t disk_bytes() const = 0;   // size of all segment files (bytes() plus reclaimable garbage)
+  // Empty while healthy. After an fsync or truncate failure the store refuses every write
+  // with this message; destroy it and open() again (recovery re-reads what the disk holds).
+  virtual std::string failure() const = 0;
 };
 
 // Message ids: time-ordered, unique, URL-safe (e.g. 26 chars of Crockford base32 like ULIDs).

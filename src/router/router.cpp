@@ -143,6 +143,7 @@ RouteMatch Router::match(std::string_view host, std::string_view path,
   // 405: every route of the best tier lists methods, none of them this one.
   for (const RouteConfig& r : config_->routes) {
     if (!(rank_of(r, req_host, path) == best)) continue;
+    m.refused.push_back(&r);
     for (const std::string& meth : r.methods) {
       if (allow_has(m.allow, meth)) continue;
       if (!m.allow.empty()) m.allow += ", ";

@@ -13,6 +13,7 @@ struct RouteMatch {
   const RouteConfig* route = nullptr;  // null: 404 no_route (or 405 if allow is non-empty)
   std::string allow;                   // for 405: "GET, POST" (union, config order, no repeats)
   std::string_view remainder;          // prefix routes: the request path after the prefix
+  std::vector<const RouteConfig*> refused;  // for 405: the routes that matched all but the method
 };
 
 class Router {

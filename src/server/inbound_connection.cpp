@@ -411,6 +411,16 @@ void InboundConnection::head_complete() {
   // Route-dependent checks, in SPEC 11 order: 404, 403, 405, 401, 417, 413.
   RouteMatch m = ctx_.runtime->router.match(head.host, head.path, head.method);
   if (!m.route) {
+    // 403 comes before 405: a client that allow_from excludes does not learn the methods.
+    bool forbidden = !m.refused.empty();
+    if (forbidden) resolve_client();
+    for (const RouteConfig* r : m.refused) {
+      forbidden = forbidden && !r->allow_from.empty() && !client_allowed(r->allow_from);
+    }
+    if (forbidden) {
+      send_error(ErrorKind::Forbidden, "the client address is not allowed on this route", true);
+      return;
+    }
     if (!m.allow.empty()) {
       extra_headers_ = "Allow: " + m.allow + "\r\n";
       send_error(ErrorKind::MethodNotAllowed, "the route does not accept this method", true);
@@ -623,10 +633,7 @@ void InboundConnection::resolve_client() {
   const auto* peer = reinterpret_cast<const sockaddr*>(&peer_);
   effective_ip_ = ctx_.client_ip;
   effective_addr_ = peer_;
-  const ListenConfig* lc = nullptr;
-  for (const ListenConfig& l : config().listen) {
-    if (l.address == listen_address_) lc = &l;
-  }
+  const ListenConfig* lc = ctx_.runtime->listen_config(listen_address_);
   if (!lc || lc->trusted_proxies.empty()) return;
   auto trusted = [&](const sockaddr* sa) {
     for (const Cidr& c : lc->trusted_proxies) {

@@ -137,7 +137,7 @@ class InboundConnection : public BodySink {
   sockaddr_storage peer_{};
   std::string effective_ip_;     // the client as believed (trusted_proxies), for allow_from and logs
   sockaddr_storage effective_addr_{};
-  std::string listen_address_;    // the listen entry (as configured) this connection came in on
+  std::string listen_address_;    // listen_key() of the listen entry this connection came in on
   State state_ = State::ReadingHead;
   EventPtr read_ev_, write_ev_, timer_ev_;
   bool read_enabled_ = false;

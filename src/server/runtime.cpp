@@ -9,16 +9,26 @@ Runtime::Runtime(std::shared_ptr<const Config> c)
     : config(std::move(c)), router(*config),
       head_limits{config->limits.max_header_size, config->limits.max_headers, config->limits.max_uri_size} {}
 
+std::string listen_key(const Config& config, size_t index) {
+  size_t ordinal = 0;
+  for (size_t j = 0; j < index; ++j) {
+    if (config.listen[j].address == config.listen[index].address) ++ordinal;
+  }
+  return config.listen[index].address + "#" + std::to_string(ordinal);
+}
+
 std::shared_ptr<const Runtime> Runtime::create(std::shared_ptr<const Config> config, std::string* error) {
   auto rt = std::make_shared<Runtime>(std::move(config));
-  for (const ListenConfig& l : rt->config->listen) {
+  for (size_t i = 0; i < rt->config->listen.size(); ++i) {
+    const ListenConfig& l = rt->config->listen[i];
+    rt->listen_[listen_key(*rt->config, i)] = &l;
     if (!l.tls) continue;
     SslCtxPtr ctx = make_server_ctx(*l.tls, error);
     if (!ctx) {
       *error = "listener " + l.address + ": " + *error;
       return nullptr;
     }
-    rt->server_ctx_[l.address] = std::move(ctx);
+    rt->server_ctx_[listen_key(*rt->config, i)] = std::move(ctx);
   }
   for (const RouteConfig& r : rt->config->routes) {
     if (r.auth) {
@@ -55,8 +65,8 @@ std::shared_ptr<const Runtime> Runtime::create(std::shared_ptr<const Config> con
   return rt;
 }
 
-SSL_CTX* Runtime::server_ctx(const std::string& listen_address) const {
-  auto it = server_ctx_.find(listen_address);
+SSL_CTX* Runtime::server_ctx(const std::string& key) const {
+  auto it = server_ctx_.find(key);
   return it == server_ctx_.end() ? nullptr : it->second.get();
 }
 

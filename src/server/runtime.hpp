@@ -15,6 +15,10 @@
 
 namespace dechunkd {
 
+// Identifies a listen entry across a reload: its address as written, plus which occurrence of
+// that address it is ("127.0.0.1:0" may be written several times: several ephemeral ports).
+std::string listen_key(const Config& config, size_t index);
+
 class Runtime {
  public:
   // Builds the TLS contexts (certificates are read again: a reload picks up renewed ones).
@@ -25,8 +29,13 @@ class Runtime {
   Router router;
   HeadLimits head_limits;
 
-  // The listener's context, or nullptr for plain HTTP. Keyed by the address as configured.
-  SSL_CTX* server_ctx(const std::string& listen_address) const;
+  // The listen entry for a listen_key(), or nullptr (removed by a reload).
+  const ListenConfig* listen_config(const std::string& key) const {
+    auto it = listen_.find(key);
+    return it == listen_.end() ? nullptr : it->second;
+  }
+  // The listener's context, or nullptr for plain HTTP; by listen_key().
+  SSL_CTX* server_ctx(const std::string& key) const;
   // The target's context, or nullptr for http:// targets.
   SSL_CTX* client_ctx(const TargetConfig& target) const;
   // The route's inbound authentication, or nullptr when it has none.
@@ -40,6 +49,7 @@ class Runtime {
 
  private:
   std::map<std::string, SslCtxPtr> server_ctx_;
+  std::map<std::string, const ListenConfig*> listen_;
   std::unordered_map<const TargetConfig*, SslCtxPtr> client_ctx_;
   std::unordered_map<const RouteConfig*, std::unique_ptr<Authenticator>> auth_;
   struct TargetInfo {

@@ -73,8 +73,8 @@ bool Server::lock_storage(std::string* error) {
   return true;
 }
 
-bool Server::bind_listener(const ListenConfig& l, std::vector<std::vector<ListenerSocket>>* per_worker,
-                           std::string* error) {
+bool Server::bind_listener(const ListenConfig& l, const std::string& key,
+                           std::vector<std::vector<ListenerSocket>>* per_worker, std::string* error) {
   unsigned n = static_cast<unsigned>(per_worker->size());
   sockaddr_storage bound{};
   // The first socket is bound without SO_REUSEPORT so that a port held by anyone else (even
@@ -84,13 +84,13 @@ bool Server::bind_listener(const ListenConfig& l, std::vector<std::vector<Listen
   uint16_t port = sockaddr_port(reinterpret_cast<sockaddr*>(&bound));
   std::string addr = format_sockaddr(reinterpret_cast<sockaddr*>(&bound));
   if (n == 1) {
-    (*per_worker)[0].push_back(ListenerSocket{probe, addr, l.address});
+    (*per_worker)[0].push_back(ListenerSocket{probe, addr, key});
   } else {
     ::close(probe);
     for (unsigned w = 0; w < n; ++w) {
       int fd = open_listener(l.host, port, true, error);
       if (fd < 0) return false;
-      (*per_worker)[w].push_back(ListenerSocket{fd, addr, l.address});
+      (*per_worker)[w].push_back(ListenerSocket{fd, addr, key});
     }
   }
   log_info("listening on " + addr);
@@ -110,8 +110,8 @@ void close_all(std::vector<std::vector<ListenerSocket>>& sockets) {
 
 bool Server::bind_listeners(std::vector<std::vector<ListenerSocket>>* per_worker, std::string* error) {
   per_worker->assign(config_->workers, {});
-  for (const ListenConfig& l : config_->listen) {
-    if (!bind_listener(l, per_worker, error)) return false;
+  for (size_t i = 0; i < config_->listen.size(); ++i) {
+    if (!bind_listener(config_->listen[i], listen_key(*config_, i), per_worker, error)) return false;
   }
   return true;
 }
@@ -312,24 +312,28 @@ size_t Server::reload_config() {
   // hand them to the workers and close the removed ones. Open connections are not touched.
   std::vector<std::vector<ListenerSocket>> added(config_->workers);
   std::vector<std::string> removed;
-  for (const ListenConfig& l : next->listen) {
-    bool existed = false;
-    for (const ListenConfig& o : config_->listen) existed = existed || o.address == l.address;
-    if (existed) continue;
+  auto has_key = [](const Config& c, const std::string& key) {
+    for (size_t i = 0; i < c.listen.size(); ++i) {
+      if (listen_key(c, i) == key) return true;
+    }
+    return false;
+  };
+  for (size_t i = 0; i < next->listen.size(); ++i) {
+    std::string key = listen_key(*next, i);
+    if (has_key(*config_, key)) continue;
     std::string error;
-    if (!bind_listener(l, &added, &error)) {
+    if (!bind_listener(next->listen[i], key, &added, &error)) {
       close_all(added);
       log_error("reload: " + error + "; still running with the previous configuration");
       ++reloads_failure_;
       return 1;
     }
   }
-  for (const ListenConfig& o : config_->listen) {
-    bool kept = false;
-    for (const ListenConfig& l : next->listen) kept = kept || o.address == l.address;
-    if (!kept) {
-      removed.push_back(o.address);
-      log_info("no longer listening on " + o.address);
+  for (size_t i = 0; i < config_->listen.size(); ++i) {
+    std::string key = listen_key(*config_, i);
+    if (!has_key(*next, key)) {
+      removed.push_back(key);
+      log_info("no longer listening on " + config_->listen[i].address);
     }
   }
   {

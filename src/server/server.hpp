@@ -25,8 +25,8 @@ class Server : public AdminBackend {
  private:
   bool lock_storage(std::string* error);
   bool bind_listeners(std::vector<std::vector<ListenerSocket>>* per_worker, std::string* error);
-  bool bind_listener(const ListenConfig& l, std::vector<std::vector<ListenerSocket>>* per_worker,
-                     std::string* error);
+  bool bind_listener(const ListenConfig& l, const std::string& key,
+                     std::vector<std::vector<ListenerSocket>>* per_worker, std::string* error);
   static void on_signal(evutil_socket_t sig, short, void* arg);
   static void on_worker_exit(evutil_socket_t, short, void* arg);
   void reload();

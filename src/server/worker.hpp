@@ -37,7 +37,7 @@ struct SharedState {
 struct ListenerSocket {
   int fd = -1;
   std::string address;         // "127.0.0.1:8080" as bound
-  std::string config_address;  // the listen entry's address as configured
+  std::string config_address;  // listen_key() of the listen entry it serves
 };
 
 class Worker {
@@ -57,7 +57,7 @@ class Worker {
   void request_stop();   // close everything now
   // On the worker's thread (through post): listeners added or removed by a reload.
   void add_listeners(std::vector<ListenerSocket> sockets);
-  void remove_listeners(const std::vector<std::string>& config_addresses);
+  void remove_listeners(const std::vector<std::string>& keys);  // by listen_key()
 
   event_base* base() const { return base_.get(); }
   evdns_base* dns();
