@@ -338,6 +338,37 @@ void Loader::report_unsupported() {
 
 // ---- the schema --------------------------------------------------------------------------------
 
+namespace {
+// yaml-cpp 0.7 allocates without bound (std::bad_alloc after gigabytes) when a document's first
+// token is ',' — found by fuzz_config. That is never valid YAML (a plain scalar cannot start
+// with a flow indicator outside a flow collection), so it is refused before yaml-cpp sees it.
+std::optional<Pos> comma_at_document_start(std::string_view text) {
+  bool at_doc_start = true;
+  int line = 1;
+  size_t i = 0;
+  while (i < text.size()) {
+    size_t end = text.find('\n', i);
+    if (end == std::string_view::npos) end = text.size();
+    std::string_view l = text.substr(i, end - i);
+    size_t k = 0;
+    if (l.substr(0, 3) == "---" && (l.size() == 3 || l[3] == ' ' || l[3] == '\t' || l[3] == '\r')) {
+      at_doc_start = true;
+      k = 3;
+    } else if (at_doc_start && !l.empty() && l[0] == '%') {
+      k = l.size();  // a directive
+    }
+    while (k < l.size() && (l[k] == ' ' || l[k] == '\t' || l[k] == '\r')) ++k;
+    if (k < l.size() && l[k] != '#') {
+      if (at_doc_start && l[k] == ',') return Pos{line, static_cast<int>(k) + 1};
+      at_doc_start = false;
+    }
+    i = end + 1;
+    ++line;
+  }
+  return std::nullopt;
+}
+}  // namespace
+
 LoadResult Loader::load(std::string_view text) {
   LoadResult result;
   auto cfg = std::make_shared<Config>();
@@ -346,7 +377,12 @@ LoadResult Loader::load(std::string_view text) {
     std::vector<YAML::Node> docs;
     bool parsed = true;
     try {
-      docs = YAML::LoadAll(std::string(text));
+      if (auto bad = comma_at_document_start(text)) {
+        error(*bad, "invalid YAML: a document cannot start with ','");
+        parsed = false;
+      } else {
+        docs = YAML::LoadAll(std::string(text));
+      }
     } catch (const YAML::Exception& e) {
       error(pos_of(e.mark), "invalid YAML: " + e.msg);
       parsed = false;

@@ -219,6 +219,12 @@ RequestCodec::Status RequestCodec::begin(const RequestHead& head, const CodecLim
     fail(ErrorKind::BadRequest, "the request head was not accepted by the HTTP parser");
     return Status::Error;
   }
+  // A request without body framing must be complete with its head. llhttp waits for more after
+  // some methods (PRI expects the HTTP/2 preface's "SM"): never let it swallow the next request.
+  if (head.framing == Framing::None && !complete_) {
+    fail(ErrorKind::BadRequest, "the request method is not supported over HTTP/1.x");
+    return Status::Error;
+  }
   return s;
 }
 

@@ -306,7 +306,8 @@ class StoreImpl final : public QueueStore {
   std::map<DedupeKey, DedupeEntry> dedupe_;
   std::set<std::tuple<int64_t, std::string, uint32_t>> dead_;  // dead letters by the time they died
   uint64_t live_bytes_ = 0;
-  int64_t last_dedupe_sweep_ = INT64_MIN;
+  int64_t last_dedupe_sweep_ = 0;
+  bool swept_ = false;
   CompactionStats stats_;
 
   std::unordered_map<std::string, PendingBody> pending_;  // recovery only
@@ -380,7 +381,19 @@ bool StoreImpl::create_segment(uint64_t number, std::string* error) {
   return true;
 }
 
-bool StoreImpl::roll(std::string* error) { return create_segment(next_number_, error); }
+bool StoreImpl::roll(std::string* error) {
+  // A sealed segment is complete on disk (policy permitting) before the next one exists, so
+  // after a crash only the newest segment can have a torn tail.
+  if (active_ && active_->dirty && opts_.fsync != FsyncPolicy::Never) {
+    if (::fdatasync(active_->fd) != 0) {
+      poison(sys_error("fdatasync of " + active_->path + " failed", errno));
+      *error = failure_;
+      return false;
+    }
+    active_->dirty = false;
+  }
+  return create_segment(next_number_, error);
+}
 
 bool StoreImpl::maybe_roll(uint64_t incoming, std::string* error) {
   uint64_t size = active_->size;
@@ -1187,7 +1200,8 @@ void StoreImpl::compact(int64_t now_ms, int64_t dead_letter_retention_ms) {
     ++stats_.dead_letters_expired;
   }
   // Dedupe keys past the retention are forgotten (their records go with their segments).
-  if (now_ms < last_dedupe_sweep_ || now_ms - last_dedupe_sweep_ >= kDedupeSweepEvery) {
+  if (!swept_ || now_ms < last_dedupe_sweep_ || sat_sub(now_ms, last_dedupe_sweep_) >= kDedupeSweepEvery) {
+    swept_ = true;
     last_dedupe_sweep_ = now_ms;
     int64_t since = sat_sub(now_ms, dedupe_retention_ms_);
     for (auto it = dedupe_.begin(); it != dedupe_.end();) {

@@ -921,3 +921,13 @@ TEST_CASE("the loader never throws on hostile input") {
   std::string deep(5000, '[');
   CHECK_NOTHROW(load_config_string(deep, "t.yaml"));
 }
+
+TEST_CASE("a document starting with ',' is refused before yaml-cpp (which exhausts memory on it)") {
+  auto errs = errors_of(", (,4ru-:   m-> 40");
+  REQUIRE(errs.size() == 1);
+  CHECK(errs[0] == "t.yaml:1:1: invalid YAML: a document cannot start with ','");
+  errs = errors_of("# comment\n---\n  , x: 1\n");
+  REQUIRE(errs.size() == 1);
+  CHECK(errs[0] == "t.yaml:3:3: invalid YAML: a document cannot start with ','");
+  CHECK(errors_of(kListen + "routes: [{name: a, path: /a, mode: echo, methods: [GET\n, POST]}]\n").empty());
+}
