@@ -23,6 +23,8 @@ log:
 routes:
   - name: bench
     path: /webhook
-    target: "http://${UPSTREAM_ADDR}/webhook"
+    targets:
+      - url: "http://${UPSTREAM_ADDR}/webhook"
+        max_idle: 128        # like the nginx peer's upstream keepalive 128 (64 client connections)
 YAML
 exec "$bin" -c "$RUN_DIR/dechunkd.yaml"
