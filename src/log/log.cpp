@@ -47,11 +47,18 @@ int64_t wall_clock_ms() {
 std::string format_rfc3339_ms(int64_t unix_ms) {
   time_t secs = static_cast<time_t>(unix_ms / 1000);
   int ms = static_cast<int>(unix_ms % 1000);
-  tm t{};
-  gmtime_r(&secs, &t);
-  char buf[32];
-  size_t n = strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &t);
-  std::string out(buf, n);
+  // The date and time change once a second: formatted once per second and thread (the access
+  // log formats one per request).
+  thread_local time_t cached_secs = -1;
+  thread_local char cached[32];
+  thread_local size_t cached_len = 0;
+  if (secs != cached_secs) {
+    tm t{};
+    gmtime_r(&secs, &t);
+    cached_len = strftime(cached, sizeof cached, "%Y-%m-%dT%H:%M:%S", &t);
+    cached_secs = secs;
+  }
+  std::string out(cached, cached_len);
   out += '.';
   out += static_cast<char>('0' + ms / 100);
   out += static_cast<char>('0' + ms / 10 % 10);

@@ -279,8 +279,10 @@ FrameCheck check_frame(SegmentReader& r, uint64_t off, uint32_t salt, Frame* f, 
   if (f->len == 0 || f->len > kMaxPayload) return FrameCheck::BadLength;
   if (!known_type(f->type)) return FrameCheck::BadType;
   if (r.size() - off - kFrameSize < f->len) return FrameCheck::Short;
-  const unsigned char* p = r.get(off + kFrameSize, f->len, error);
-  if (!p) return FrameCheck::IoError;
+  // Frame and payload in one window from off: a resync that tries off+1 next stays inside it.
+  const unsigned char* rec = r.get(off, kFrameSize + f->len, error);
+  if (!rec) return FrameCheck::IoError;
+  const unsigned char* p = rec + kFrameSize;
   uint32_t crc = crc32c_extend(record_crc_start(salt, static_cast<RecordType>(f->type)), p, f->len);
   if (crc != want) return FrameCheck::BadCrc;
   f->payload = p;

@@ -57,6 +57,7 @@ struct Segment {
   bool header_ok = true;
   uint64_t live_anchor_bytes = 0; // body + Message bytes of unfinished messages anchored here (copy cost)
   uint64_t compaction_bytes = 0;  // bytes compaction wrote here (not new traffic)
+  int64_t sealed_seen_ms = INT64_MIN;  // compact()'s clock when it first saw this file sealed
   std::unordered_map<std::string, uint64_t> refs;  // message id -> bytes of its records in this file
   std::vector<std::pair<std::string, std::string>> dedupe_keys;  // keys this file may host (checked on use)
 };
@@ -520,7 +521,12 @@ bool StoreImpl::apply_record(Segment& s, uint64_t off, const Frame& f) {
         body = std::move(it->second);
         pending_.erase(it);
       }
-      if (!lost && (body.broken || body.covered != nm->m.body_size)) lost = true;  // reported in finish
+      // The body must be complete and, as the writer guarantees, in the same segment: compaction
+      // moves a message by its anchor, so a chunk elsewhere could vanish under it.
+      if (!lost && (body.broken || body.covered != nm->m.body_size ||
+                    std::any_of(body.chunks.begin(), body.chunks.end(),
+                                [&](const BodyChunk& c) { return c.seg != s.number; })))
+        lost = true;  // reported once the scan is done
       nm->body_lost = lost;
       if (!lost) nm->chunks = std::move(body.chunks);
       nm->anchor = s.number;
@@ -734,7 +740,6 @@ bool StoreImpl::recover(RecoveryReport* report, std::string* error) {
   for (auto& [id, mp] : msgs_) {
     Msg& m = *mp;
     if (m.body_lost) {
-      std::vector<std::string> ids{id};
       if (std::find(report->corrupt_message_ids.begin(), report->corrupt_message_ids.end(), id) ==
           report->corrupt_message_ids.end())
         report->corrupt_message_ids.push_back(id);
@@ -1029,6 +1034,7 @@ bool StoreImpl::reclaim_segment(uint64_t number, int64_t now_ms, std::string* er
   // Plan: what must be rewritten for the file to go (docs/queue-format.md, Compaction).
   std::vector<Msg*> copies, drops;
   std::vector<std::pair<Msg*, std::vector<uint32_t>>> carries;
+  std::vector<std::pair<Msg*, uint64_t>> trims;  // anchored earlier: their bytes here go with the file
   uint64_t estimate = 0;
   for (const auto& [id, b] : s.refs) {
     auto it = msgs_.find(id);
@@ -1044,6 +1050,7 @@ bool StoreImpl::reclaim_segment(uint64_t number, int64_t now_ms, std::string* er
       }
       continue;
     }
+    trims.emplace_back(&m, b);
     std::vector<uint32_t> ts;  // anchored earlier: keep the states whose latest record is here
     for (uint32_t t = 0; t < m.latest_seg.size(); ++t)
       if (m.latest_seg[t] == number) ts.push_back(t);
@@ -1173,6 +1180,11 @@ bool StoreImpl::reclaim_segment(uint64_t number, int64_t now_ms, std::string* er
   // Each deletion is made durable before the next one: later decisions rely on it.
   if (!fsync_dir(error)) return false;
   for (Msg* m : drops) erase_message(m->m.id);
+  for (auto [m, b] : trims) {
+    account(*m, false);
+    m->bytes -= std::min(b, m->bytes);
+    account(*m, true);
+  }
   stats_.segments_deleted += 1;
   stats_.bytes_reclaimed += s.size;
   segs_.erase(number);
@@ -1190,7 +1202,12 @@ void StoreImpl::compact(int64_t now_ms, int64_t dead_letter_retention_ms) {
   int64_t dead_before = sat_sub(now_ms, dead_letter_retention_ms);
   while (!dead_.empty() && std::get<0>(*dead_.begin()) <= dead_before) {
     auto [t0, id, t] = *dead_.begin();
-    Msg& m = *msgs_.at(id);
+    auto it = msgs_.find(id);
+    if (it == msgs_.end() || t >= it->second->d.size()) {  // cannot happen; never loop on it
+      dead_.erase(dead_.begin());
+      continue;
+    }
+    Msg& m = *it->second;
     Delivery nd = m.d[t];
     nd.state = DeliveryState::Deleted;
     if (!write_delivery(m, nd, &error)) {
@@ -1224,8 +1241,13 @@ void StoreImpl::compact(int64_t now_ms, int64_t dead_letter_retention_ms) {
     if (s.get() != active_) sealed.push_back(n);
   for (uint64_t n : sealed) {
     Segment& s = *segs_.at(n);
-    // Worth it when at least half the file is garbage: copying the live half pays for itself.
-    if (s.live_anchor_bytes > s.size / 2) continue;
+    if (s.sealed_seen_ms == INT64_MIN) s.sealed_seen_ms = now_ms;
+    // Nothing live anchored here: the file goes now (at most a few states are carried).
+    // Otherwise it is rewritten when at least half of it is garbage, so copying the live
+    // half pays for itself, and only after the grace period.
+    if (s.live_anchor_bytes > 0 &&
+        (s.live_anchor_bytes > s.size / 2 || sat_sub(now_ms, s.sealed_seen_ms) < opts_.rewrite_grace_ms))
+      continue;
     if (!reclaim_segment(n, now_ms, &error)) {
       stats_.error = error;
       return;

@@ -70,6 +70,10 @@ struct StoreOptions {
   // How long a dedupe key outlives its compacted message: the largest dedupe.window of any
   // route (set_dedupe_retention() changes it after a reload).
   int64_t dedupe_retention_ms = 24ll * 3600 * 1000;
+  // compact() copies live messages out of a mostly-finished segment only once the segment has
+  // been sealed this long (by compact()'s clock): a burst is usually delivered before that,
+  // and then the segment goes without copying anything.
+  int64_t rewrite_grace_ms = 60'000;
 };
 
 // What the last compact() did, for the operator log and metrics.
