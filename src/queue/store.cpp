@@ -202,6 +202,8 @@ class StoreImpl final : public QueueStore {
                       std::string* error) override;
   bool update_delivery(const Delivery& d, std::string* error) override;
   bool sync(std::string* error) override {
+    std::string ignored;
+    if (!error) error = &ignored;
     if (!usable(error)) return false;
     if (opts_.fsync == FsyncPolicy::Never) return true;
     return sync_now(error);
@@ -771,6 +773,8 @@ bool StoreImpl::recover(RecoveryReport* report, std::string* error) {
 
 bool StoreImpl::append_message(const QueuedMessage& m, const std::vector<std::pair<const char*, size_t>>& body,
                                int64_t now_ms, std::string* error) {
+  std::string ignored;
+  if (!error) error = &ignored;
   if (!usable(error)) return false;
   if (m.id.empty() || m.id.size() > kMaxIdLen) {
     *error = "message id must have 1 to 255 characters";
@@ -890,6 +894,8 @@ bool StoreImpl::write_delivery(Msg& m, const Delivery& in, std::string* error) {
 }
 
 bool StoreImpl::update_delivery(const Delivery& d, std::string* error) {
+  std::string ignored;
+  if (!error) error = &ignored;
   if (!usable(error)) return false;
   auto it = msgs_.find(d.message_id);
   if (it == msgs_.end()) {
@@ -907,6 +913,8 @@ bool StoreImpl::update_delivery(const Delivery& d, std::string* error) {
 // Reads
 
 bool StoreImpl::read_body(const std::string& message_id, std::string* out, std::string* error) const {
+  std::string ignored;
+  if (!error) error = &ignored;
   out->clear();
   auto it = msgs_.find(message_id);
   if (it == msgs_.end()) {

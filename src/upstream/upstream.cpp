@@ -85,7 +85,8 @@ std::unique_ptr<UpstreamConn> UpstreamPool::take(const std::string& key) {
   std::unique_ptr<UpstreamConn> c = std::move(it->second.back());
   it->second.pop_back();
   c->disarm_idle_timer();
-  c->want_read(false);
+  // Reading stays enabled: the call reads this connection next, and not toggling it saves two
+  // epoll_ctl calls per request (PERF-NOTES).
   c->set_handler(nullptr);
   c->reused = true;
   return c;
