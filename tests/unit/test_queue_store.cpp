@@ -630,9 +630,17 @@ TEST_CASE("compaction deletes finished segments, keeps and moves pending ones, s
     }
   }
   uint64_t disk_before = s->disk_bytes();
+  const std::string first_file = segment_files(t.path)[0];  // holds C1005
   s->compact(60'000, 1'000'000);
   CHECK(s->last_compaction().error.empty());
-  CHECK(s->last_compaction().segments_deleted >= 4);
+  CHECK(s->last_compaction().segments_deleted >= 3);  // the finished ones go at once
+  CHECK(fs::exists(first_file));                      // C1005 is not copied during the grace
+  CHECK(body_of(*s, "C1005") == bodies["C1005"]);
+  s->compact(60'000 + o.rewrite_grace_ms, 1'000'000);  // after the grace: C1005's file is rewritten
+  CHECK(s->last_compaction().error.empty());
+  CHECK(s->last_compaction().segments_deleted >= 1);
+  CHECK(s->last_compaction().bytes_copied > 900);
+  CHECK_FALSE(fs::exists(first_file));
   CHECK(s->disk_bytes() < disk_before / 2);
   CHECK(segment_files(t.path).size() < segs_before);
   CHECK(s->message("C1001") == nullptr);
@@ -811,23 +819,32 @@ TEST_CASE("message ids: 26 chars, unique and strictly increasing (100k)") {
 // Random appends, updates, syncs and compactions, then a crash: the active segment is cut at a
 // random point at or after what the last sync made durable, sometimes with garbage after it.
 // After reopening, everything synced is there and nothing unsynced appears half-made.
+// DECHUNKD_QSTORE_ROUNDS and DECHUNKD_QSTORE_SEED run it longer or differently (a soak).
 TEST_CASE("crash consistency property (seeded)") {
-  std::mt19937 rng(20240611);
-  for (int round = 0; round < 40; ++round) {
+  const char* env_rounds = ::getenv("DECHUNKD_QSTORE_ROUNDS");
+  const char* env_seed = ::getenv("DECHUNKD_QSTORE_SEED");
+  const int rounds = env_rounds ? std::atoi(env_rounds) : 40;
+  std::mt19937 rng(env_seed ? static_cast<uint32_t>(std::strtoul(env_seed, nullptr, 10)) : 20240611u);
+  uint64_t total_deleted = 0, total_copied = 0, total_lost_unlinks = 0;
+  for (int round = 0; round < rounds; ++round) {
     CAPTURE(round);
     TempDir t;
     StoreOptions o = options(t.path);
     o.segment_bytes = 2048 + rng() % 8192;
+    o.rewrite_grace_ms = rng() % 2 ? 0 : 500;
+    const int64_t retention = rng() % 3000;  // dead letters expire within the run
     struct Model {
       QueuedMessage m;
       std::string body;
       std::vector<std::vector<Delivery>> history;  // per target: states since the last sync point
       bool appended_after_sync = true;
+      bool dropped = false;  // compaction removed it (checked to be legitimate when it happened)
     };
     std::map<std::string, Model> model;
     std::string synced_seg;
     uint64_t synced_size = 0;
     int64_t now = 1'000'000;
+    bool unlink_lost = false;  // the crash came before compaction's last unlink reached the disk
     auto mark_synced = [&](QueueStore& s) {
       for (auto& [id, md] : model) {
         md.appended_after_sync = false;
@@ -843,7 +860,7 @@ TEST_CASE("crash consistency property (seeded)") {
     {
       auto s = open_ok(o);
       mark_synced(*s);
-      int ops = 20 + static_cast<int>(rng() % 60);
+      int ops = 20 + static_cast<int>(rng() % 120);
       for (int op = 0; op < ops; ++op) {
         now += 1 + rng() % 50;
         unsigned r = rng() % 100;
@@ -866,23 +883,93 @@ TEST_CASE("crash consistency property (seeded)") {
           Delivery d = *s->delivery(it->first + "." + std::to_string(tgt));
           static const DeliveryState states[] = {DeliveryState::Pending, DeliveryState::Delivered,
                                                  DeliveryState::DeadLettered, DeliveryState::Deleted};
-          d = attempted(d, states[rng() % 4], static_cast<int>(200 + rng() % 300), now, rng() % 2 ? "boom" : "");
+          DeliveryState st = states[rng() % 4];  // one draw per statement: the same sequence with any compiler
+          int status = static_cast<int>(200 + rng() % 300);
+          std::string why = rng() % 2 ? "boom" : "";
+          d = attempted(d, st, status, now, why);
           update_ok(*s, d);
           it->second.history[tgt].push_back(d);
         } else if (r < 95) {
           sync_ok(*s);
           mark_synced(*s);
         } else {
-          s->compact(now, 50'000);
+          std::map<std::string, std::string> before;
+          bool lose_unlink = rng() % 4 == 0;
+          if (lose_unlink)
+            for (const auto& f : segment_files(t.path)) before[f] = read_file(f);
+          s->compact(now, retention);
           REQUIRE(s->last_compaction().error.empty());
+          total_deleted += s->last_compaction().segments_deleted;
+          total_copied += s->last_compaction().bytes_copied;
           mark_synced(*s);  // compaction syncs
-          // Expired dead letters became Deleted inside the store: follow them.
-          for (auto& [id, md] : model)
+          // Expired dead letters became Deleted inside the store: follow them. A message may only
+          // vanish when each delivery was finished or a dead letter past the retention.
+          for (auto& entry : model) {
+            const std::string& id = entry.first;
+            Model& md = entry.second;
+            if (md.dropped) continue;
+            if (!s->message(id)) {
+              CAPTURE(id);
+              for (const auto& h : md.history) {
+                const Delivery& d = h.back();
+                bool gone_ok = d.state == DeliveryState::Delivered || d.state == DeliveryState::Deleted ||
+                               (d.state == DeliveryState::DeadLettered &&
+                                std::max(d.last_attempt_ms, d.age_base_ms) <= now - retention);
+                CHECK(gone_ok);
+              }
+              for (auto& h : md.history)  // an expired dead letter was logged as Deleted first
+                if (h.back().state == DeliveryState::DeadLettered) {
+                  Delivery del = h.back();
+                  del.state = DeliveryState::Deleted;
+                  h.push_back(del);
+                }
+              md.dropped = true;
+              continue;
+            }
             for (size_t tgt = 0; tgt < md.history.size(); ++tgt)
-              if (auto cur = s->delivery(id + "." + std::to_string(tgt))) md.history[tgt].assign(1, *cur);
+              md.history[tgt].assign(1, *s->delivery(id + "." + std::to_string(tgt)));
+          }
+          if (lose_unlink) {  // deletions are made durable one by one: only the last can be lost
+            auto now_files = segment_files(t.path);
+            std::string last_deleted;
+            for (const auto& [f, data] : before)
+              if (std::find(now_files.begin(), now_files.end(), f) == now_files.end()) last_deleted = f;
+            if (!last_deleted.empty()) {
+              write_file(last_deleted, before[last_deleted]);
+              unlink_lost = true;
+              ++total_lost_unlinks;
+              break;
+            }
+          }
         }
       }
-      // The crash: no destructor sync matters with fsync: never; cut the files below.
+      // A clean reopen first: recovery must rebuild exactly the index the store had. (Not after
+      // a lost unlink: finished messages of the restored file are back, legitimately.)
+      if (!unlink_lost) {
+        std::map<std::string, std::vector<Delivery>> view;
+        for (const auto& [id, md] : model)
+          if (s->message(id))
+            for (size_t tgt = 0; tgt < md.history.size(); ++tgt)
+              view[id].push_back(*s->delivery(id + "." + std::to_string(tgt)));
+        uint64_t live = s->bytes(), disk = s->disk_bytes();
+        s.reset();
+        RecoveryReport rep0;
+        s = open_ok(o, &rep0);
+        CHECK(rep0.corrupt_records == 0);
+        CHECK(rep0.truncated_bytes == 0);
+        CHECK(s->bytes() == live);
+        CHECK(s->disk_bytes() == disk);
+        for (const auto& entry : model) {
+          const std::string& id = entry.first;
+          const Model& md = entry.second;
+          CAPTURE(id);
+          REQUIRE((s->message(id) != nullptr) == (view.count(id) == 1));
+          if (!view.count(id)) continue;
+          for (size_t tgt = 0; tgt < md.history.size(); ++tgt)
+            CHECK(same(*s->delivery(id + "." + std::to_string(tgt)), view[id][tgt]));
+        }
+      }
+      // Then the crash: cut the newest file below (fsync: never, so nothing else was synced).
     }
     auto files = segment_files(t.path);
     REQUIRE(!files.empty());
@@ -892,7 +979,10 @@ TEST_CASE("crash consistency property (seeded)") {
     REQUIRE(size >= floor);
     uint64_t cut = floor + (size > floor ? rng() % (size - floor + 1) : 0);
     std::string data = read_file(last).substr(0, cut);
-    if (cut >= queue::kHeaderSize && rng() % 3 == 0) data += pattern_body(rng() % 200, static_cast<uint32_t>(rng()));
+    if (cut >= queue::kHeaderSize && rng() % 3 == 0) {
+      size_t n = rng() % 200;
+      data += pattern_body(n, static_cast<uint32_t>(rng()));
+    }
     write_file(last, data);
 
     RecoveryReport rep;
@@ -908,7 +998,7 @@ TEST_CASE("crash consistency property (seeded)") {
         for (const auto& h : md.history)
           finished_at_sync = finished_at_sync && (h.front().state == DeliveryState::Delivered ||
                                                   h.front().state == DeliveryState::Deleted);
-        CHECK((md.appended_after_sync || finished_at_sync));
+        CHECK((md.appended_after_sync || finished_at_sync || md.dropped));
         continue;
       }
       CHECK(same(*m, md.m));
@@ -922,4 +1012,8 @@ TEST_CASE("crash consistency property (seeded)") {
       }
     }
   }
+  CHECK(total_deleted > 0);
+  CHECK(total_copied > 0);
+  CHECK(total_lost_unlinks > 0);
+
 }
