@@ -792,7 +792,12 @@ void InboundConnection::relay_head(const ResponseCodec& resp) {
   append_common_headers(h, will_close());
   out_.add(std::move(h));
   response_started_ = true;
-  flush_output();
+  // Not flushed here: the body bytes of the same read go out in the same sendmsg
+  // (ProxyCall calls flush_relayed() after each read).
+}
+
+void InboundConnection::flush_relayed() {
+  if (state_ == State::Handling && !out_.empty()) flush_output();
 }
 
 void InboundConnection::relay_body(const Span& span) {

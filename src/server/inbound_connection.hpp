@@ -77,6 +77,7 @@ class InboundConnection : public BodySink {
   // The target's response head: build and queue the client's response head.
   void relay_head(const ResponseCodec& resp);
   void relay_body(const Span& span);
+  void flush_relayed();  // writes what relay_head/relay_body queued (once per target read)
   void relay_end();
   // The call failed before any response byte reached the client: answer err. If the head was
   // already relayed, the client connection is cut.

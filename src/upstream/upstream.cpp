@@ -545,6 +545,8 @@ void ProxyCall::read_response() {
       }
       // HeadComplete: go on, also with no bytes left, so a body-less response completes.
     }
+    in_.flush_relayed();
+    if (state_ == State::Done) return;
     if (head_relayed_) arm(ctx_.runtime->config->timeouts.upstream_idle);
     if (in_.client_backlogged()) {
       reading_paused_ = true;
