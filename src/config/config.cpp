@@ -9,12 +9,14 @@
 #include <fcntl.h>
 #include <sched.h>
 #include <unistd.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <initializer_list>
+#include <sstream>
 #include <thread>
 
 #include "config/config_detail.hpp"
@@ -339,33 +341,35 @@ void Loader::report_unsupported() {
 // ---- the schema --------------------------------------------------------------------------------
 
 namespace {
-// yaml-cpp 0.7 allocates without bound (std::bad_alloc after gigabytes) when a document's first
-// token is ',' — found by fuzz_config. That is never valid YAML (a plain scalar cannot start
-// with a flow indicator outside a flow collection), so it is refused before yaml-cpp sees it.
-std::optional<Pos> comma_at_document_start(std::string_view text) {
-  bool at_doc_start = true;
-  int line = 1;
-  size_t i = 0;
-  while (i < text.size()) {
-    size_t end = text.find('\n', i);
-    if (end == std::string_view::npos) end = text.size();
-    std::string_view l = text.substr(i, end - i);
-    size_t k = 0;
-    if (l.substr(0, 3) == "---" && (l.size() == 3 || l[3] == ' ' || l[3] == '\t' || l[3] == '\r')) {
-      at_doc_start = true;
-      k = 3;
-    } else if (at_doc_start && !l.empty() && l[0] == '%') {
-      k = l.size();  // a directive
-    }
-    while (k < l.size() && (l[k] == ' ' || l[k] == '\t' || l[k] == '\r')) ++k;
-    if (k < l.size() && l[k] != '#') {
-      if (at_doc_start && l[k] == ',') return Pos{line, static_cast<int>(k) + 1};
-      at_doc_start = false;
-    }
-    i = end + 1;
-    ++line;
-  }
-  return std::nullopt;
+// yaml-cpp 0.7's LoadAll() can loop forever, allocating, on some invalid inputs (a ',' after a
+// document's first node; upstream jbeder/yaml-cpp#1040, found by fuzz_config). So the root is
+// read with Load() (which returns on those inputs) and documents are counted with the
+// event parser, stopping at two.
+class NullHandler : public YAML::EventHandler {
+ public:
+  void OnDocumentStart(const YAML::Mark&) override {}
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
+// The mark of the second document's start, if there is one.
+std::optional<YAML::Mark> second_document(const std::string& text) {
+  std::istringstream in(text);
+  YAML::Parser parser(in);
+  NullHandler h;
+  if (!parser.HandleNextDocument(h)) return std::nullopt;
+  struct Marker : NullHandler {
+    std::optional<YAML::Mark> at;
+    void OnDocumentStart(const YAML::Mark& m) override { at = m; }
+  } second;
+  if (!parser.HandleNextDocument(second)) return std::nullopt;
+  return second.at ? second.at : std::optional<YAML::Mark>(YAML::Mark());
 }
 }  // namespace
 
@@ -374,22 +378,17 @@ LoadResult Loader::load(std::string_view text) {
   auto cfg = std::make_shared<Config>();
   cfg->path = file_;
   try {
-    std::vector<YAML::Node> docs;
+    YAML::Node root;
     bool parsed = true;
     try {
-      if (auto bad = comma_at_document_start(text)) {
-        error(*bad, "invalid YAML: a document cannot start with ','");
-        parsed = false;
-      } else {
-        docs = YAML::LoadAll(std::string(text));
-      }
+      const std::string owned(text);
+      root = YAML::Load(owned);
+      if (auto second = second_document(owned)) error(pos_of(*second), "only one YAML document is allowed");
     } catch (const YAML::Exception& e) {
       error(pos_of(e.mark), "invalid YAML: " + e.msg);
       parsed = false;
     }
     if (parsed) {
-      YAML::Node root = docs.empty() ? YAML::Node() : docs.front();
-      if (docs.size() > 1) error(pos_of(docs[1]), "only one YAML document is allowed");
       Pos root_pos = pos_of(root);
       if (root_pos.line == 0 || is_missing(root)) root_pos = {1, 1};
       parse_root(root, root_pos, *cfg);

@@ -4,11 +4,11 @@
 #pragma once
 #include <cstdio>
 
-#define FUZZ_CHECK(cond)                                                              \
-  do {                                                                                \
-    if (!(cond)) {                                                                    \
+#define FUZZ_CHECK(cond)                                                                  \
+  do {                                                                                    \
+    if (!(cond)) {                                                                        \
       std::fprintf(stderr, "%s:%d: invariant violated: %s\n", __FILE__, __LINE__, #cond); \
-      std::fflush(stderr);                                                            \
-      __builtin_trap();                                                               \
-    }                                                                                 \
+      std::fflush(stderr);                                                                \
+      __builtin_trap();                                                                   \
+    }                                                                                     \
   } while (0)

@@ -67,8 +67,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FUZZ_CHECK(!c.listen.empty());
   for (const ListenConfig& l : c.listen) FUZZ_CHECK(!l.address.empty() && !l.host.empty());
   FUZZ_CHECK(c.workers >= 1 && c.workers <= 256);
-  FUZZ_CHECK(c.limits.max_body_size > 0 && c.limits.max_header_size > 0 && c.limits.max_headers > 0 &&
-             c.limits.max_uri_size > 0);
+  FUZZ_CHECK(c.limits.max_body_size > 0 && c.limits.max_header_size > 0 &&
+             c.limits.max_headers > 0 && c.limits.max_uri_size > 0);
   std::set<std::string> names;
   for (const RouteConfig& route : c.routes) {
     FUZZ_CHECK(valid_route_name(route.name));
@@ -93,7 +93,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   const Router router(c);
   for (const RouteConfig& route : c.routes) {
-    const RouteMatch m = router.match(route.host, route.path, route.methods.empty() ? "POST" : route.methods.front());
+    const RouteMatch m = router.match(route.host, route.path,
+                                      route.methods.empty() ? "POST" : route.methods.front());
     FUZZ_CHECK(m.route != nullptr);
   }
   (void)router.match("example.com", "/", "GET");

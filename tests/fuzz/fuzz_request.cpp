@@ -38,6 +38,7 @@
 #include "http/codec.hpp"
 #include "http/request_head.hpp"
 #include "proxy/outbound.hpp"
+#include "reference_chunked.hpp"
 #include "router/router.hpp"
 
 using namespace dechunkd;
@@ -72,7 +73,7 @@ routes:
     target: "http://[::1]:9001/m/"
 )";
 
-constexpr int kMaxMessages = 8;          // pipelined messages looked at per input
+constexpr int kMaxMessages = 8;  // pipelined messages looked at per input
 constexpr std::string_view kClientAddr = "192.0.2.7";
 
 struct World {
@@ -100,23 +101,10 @@ const World& world() {
   return w;
 }
 
-bool is_tchar(char c) {
-  if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) return true;
-  return std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
-}
-bool is_token(std::string_view s) {
-  return !s.empty() && std::all_of(s.begin(), s.end(), is_tchar);
-}
-bool is_ctl(char c) {
-  const auto u = static_cast<unsigned char>(c);
-  return (u < 0x20 && c != '\t') || u == 0x7f;
-}
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
+using fuzz::is_ctl;
+using fuzz::is_token;
+using fuzz::reference_dechunk;
+
 bool ieq(std::string_view a, std::string_view b) { return iequals(a, b); }
 
 // Collects decoded body bytes and checks they point into the bytes being fed (the connection
@@ -133,56 +121,6 @@ struct Sink : BodySink {
   }
 };
 
-// An independent, strict reading of a chunked body (RFC 9112 7.1) from its first byte:
-// where the message ends and what the body is. Chunk extensions are taken loosely (any bytes
-// but CR, LF and controls up to CRLF): only the framing matters here. nullopt: not a complete,
-// valid chunked body.
-struct Dechunked {
-  size_t end = 0;
-  std::string body;
-};
-std::optional<Dechunked> reference_dechunk(std::string_view s) {
-  Dechunked d;
-  size_t i = 0;
-  const size_t n = s.size();
-  for (;;) {
-    const size_t start = i;
-    uint64_t size = 0;
-    for (; i < n && hex_value(s[i]) >= 0; ++i) {
-      if (size >> 60) return std::nullopt;  // over 64 bits
-      size = size * 16 + static_cast<uint64_t>(hex_value(s[i]));
-    }
-    if (i == start) return std::nullopt;
-    for (; i < n && s[i] != '\r' && s[i] != '\n'; ++i) {
-      if (is_ctl(s[i])) return std::nullopt;
-    }
-    if (i + 1 >= n || s[i] != '\r' || s[i + 1] != '\n') return std::nullopt;
-    i += 2;
-    if (size == 0) break;
-    if (n - i < size || n - i - size < 2) return std::nullopt;
-    d.body.append(s.substr(i, size));
-    i += size;
-    if (s[i] != '\r' || s[i + 1] != '\n') return std::nullopt;
-    i += 2;
-  }
-  // trailer-section = *( field-line CRLF ), then CRLF
-  for (;;) {
-    size_t e = i;
-    while (e < n && s[e] != '\r' && s[e] != '\n') ++e;
-    if (e + 1 >= n || s[e] != '\r' || s[e + 1] != '\n') return std::nullopt;
-    const std::string_view line = s.substr(i, e - i);
-    i = e + 2;
-    if (line.empty()) break;
-    const size_t colon = line.find(':');
-    if (colon == std::string_view::npos || !is_token(line.substr(0, colon))) return std::nullopt;
-    for (char c : line.substr(colon + 1)) {
-      if (is_ctl(c)) return std::nullopt;
-    }
-  }
-  d.end = i;
-  return d;
-}
-
 // Runs a forwarded message (head + body) through the gateway's own parser with large limits:
 // it must be exactly one complete message whose body is `body`. Echo shows no Host when the
 // client sent none (HTTP/1.0; docs: a choice), so one is added for the re-parse then.
@@ -197,12 +135,14 @@ void check_reparses(std::string fwd_head, const std::string& body, bool add_host
   RequestHead h;
   const std::string head_copy = fwd_head;
   const auto bad = parse_request_head(head_copy, w.big, &h);
-  if (bad) std::fprintf(stderr, "forwarded head refused: %.*s\n%s", static_cast<int>(bad->message.size()),
-                        bad->message.data(), head_copy.c_str());
+  if (bad)
+    std::fprintf(stderr, "forwarded head refused: %.*s\n%s", static_cast<int>(bad->message.size()),
+                 bad->message.data(), head_copy.c_str());
   FUZZ_CHECK(!bad);
   FUZZ_CHECK(h.version_minor == 1);
   if (body.empty()) {
-    FUZZ_CHECK(h.framing == Framing::None || (h.framing == Framing::ContentLength && h.content_length == 0));
+    FUZZ_CHECK(h.framing == Framing::None ||
+               (h.framing == Framing::ContentLength && h.content_length == 0));
   } else {
     FUZZ_CHECK(h.framing == Framing::ContentLength && h.content_length == body.size());
   }
@@ -258,7 +198,8 @@ void check_forwarded(const std::string& out, const std::string& body, const Requ
   FUZZ_CHECK(rl.substr(0, sp1) == head.method && is_token(head.method));
   const std::string_view target = rl.substr(sp1 + 1, sp2 - sp1 - 1);
   FUZZ_CHECK(!target.empty());
-  for (char c : target) FUZZ_CHECK(static_cast<unsigned char>(c) > 0x20 && static_cast<unsigned char>(c) < 0x7f);
+  for (char c : target)
+    FUZZ_CHECK(static_cast<unsigned char>(c) > 0x20 && static_cast<unsigned char>(c) < 0x7f);
   FUZZ_CHECK(target[0] == '/' || target == "*");
   FUZZ_CHECK(rl.substr(sp2 + 1) == "HTTP/1.1");
 
@@ -303,7 +244,8 @@ struct Forwarded {
 // One client connection, as InboundConnection processes it.
 class Connection {
  public:
-  Connection(const uint8_t* data, size_t size, bool tls) : data_(reinterpret_cast<const char*>(data)), size_(size), tls_(tls) {}
+  Connection(const uint8_t* data, size_t size, bool tls)
+      : data_(reinterpret_cast<const char*>(data)), size_(size), tls_(tls) {}
 
   // Feeds the stream in reads of `read_size` bytes (0: one read).
   std::vector<Forwarded> run(size_t read_size) {
@@ -314,8 +256,10 @@ class Connection {
       off += len;
       while (left > 0 && state_ != State::Closed) {
         size_t used = 0;
-        if (state_ == State::ReadingHead) used = head_bytes(p, left);
-        else used = body_bytes(p, left);
+        if (state_ == State::ReadingHead)
+          used = head_bytes(p, left);
+        else
+          used = body_bytes(p, left);
         FUZZ_CHECK(used <= left);
         p += used;
         left -= used;
@@ -459,7 +403,6 @@ class Connection {
   }
 
   void message_complete() {
-    const World& w = world();
     const RequestHead& head = head_;
     const std::string& body = sink_.body;
     const std::string_view raw_body(data_ + body_begin_, body_consumed_);
@@ -475,9 +418,11 @@ class Connection {
         FUZZ_CHECK(raw_body == body);
         break;
       case Framing::Chunked: {
-        const auto ref = reference_dechunk(std::string_view(data_ + body_begin_, size_ - body_begin_));
+        const auto ref =
+            reference_dechunk(std::string_view(data_ + body_begin_, size_ - body_begin_));
         if (!ref) {
-          std::fprintf(stderr, "the codec completed a chunked body that RFC 9112 framing refuses: %s\n",
+          std::fprintf(stderr,
+                       "the codec completed a chunked body that RFC 9112 framing refuses: %s\n",
                        std::string(raw_body).c_str());
         }
         FUZZ_CHECK(ref.has_value());
@@ -491,7 +436,8 @@ class Connection {
     // What the target (or the echo route) receives.
     const RouteConfig& route = *match_.route;
     std::vector<HeaderField> trailer_fields;
-    for (const auto& t : codec_.trailers()) trailer_fields.push_back(HeaderField{t.first, t.second});
+    for (const auto& t : codec_.trailers())
+      trailer_fields.push_back(HeaderField{t.first, t.second});
     if (route.trailers != TrailerMode::Merge) FUZZ_CHECK(trailer_fields.empty());
     OutboundInput in;
     in.head = &head;
@@ -522,7 +468,6 @@ class Connection {
     state_ = head.keep_alive && static_cast<int>(forwarded_.size()) < kMaxMessages
                  ? State::ReadingHead
                  : State::Closed;
-    (void)w;
   }
 
   // The body re-encoded as one chunk decodes to the same bytes.
@@ -557,8 +502,8 @@ class Connection {
   CodecLimits limits_;
   RequestCodec codec_;
   Sink sink_;
-  size_t body_begin_ = 0;      // offset in the stream of the current message's first body byte
-  size_t body_consumed_ = 0;   // body bytes the codec used so far
+  size_t body_begin_ = 0;     // offset in the stream of the current message's first body byte
+  size_t body_consumed_ = 0;  // body bytes the codec used so far
   std::string request_id_;
   bool request_id_generated_ = true;
   std::vector<Forwarded> forwarded_;

@@ -9,9 +9,11 @@
 //
 // Invariants: never more bytes consumed than given, and all of them on NeedMore; HeadComplete
 // at most once per response and before any body byte; the relayed status is a final one in
-// 200..999 (1xx are skipped, 101 refused) and the reason and header fields carry no control
-// bytes such as CR, LF or NUL (they are written to the client as they are); body bytes point into the bytes fed; a
-// complete Content-Length body has exactly that length; body-less responses have no body.
+// 200..999 (1xx are skipped, 101 refused); the reason and header fields carry no control bytes
+// such as CR, LF or NUL (they are written to the client as they are); body bytes point into
+// the bytes fed; a complete Content-Length body is exactly those bytes; a chunked response ends
+// where an independent strict decoder says, with the same body; 1xx/204/304/HEAD responses
+// have no body.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -20,6 +22,7 @@
 
 #include "fuzz_check.hpp"
 #include "http/codec.hpp"
+#include "reference_chunked.hpp"
 
 using namespace dechunkd;
 
@@ -27,20 +30,12 @@ namespace {
 
 constexpr int kMaxResponses = 4;
 
-bool is_tchar(char c) {
-  if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) return true;
-  return std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
-}
+using fuzz::is_ctl;
+using fuzz::is_tchar;
 
 // RFC 9110/9112: reason-phrase and field values are HTAB, SP, VCHAR and obs-text; a control byte
 // (CR, LF, NUL, ...) relayed to the client would make the relayed head malformed or split it.
-bool no_ctl(std::string_view s) {
-  for (char c : s) {
-    const auto u = static_cast<unsigned char>(c);
-    if ((u < 0x20 && c != '\t') || u == 0x7f) return false;
-  }
-  return true;
-}
+bool no_ctl(std::string_view s) { return std::none_of(s.begin(), s.end(), is_ctl); }
 
 struct Sink : BodySink {
   const char* lo = nullptr;
@@ -66,10 +61,24 @@ void check_head(const ResponseCodec& rc) {
   FUZZ_CHECK(!(rc.chunked() && rc.has_content_length()));
 }
 
-void check_complete(const ResponseCodec& rc, const Sink& sink) {
+// raw: the bytes from the first body byte to the end of the input; used: how many of them the
+// codec took for this response.
+void check_complete(const ResponseCodec& rc, const Sink& sink, std::string_view raw, size_t used) {
   check_head(rc);
   if (rc.no_body()) FUZZ_CHECK(sink.body.empty());
-  if (!rc.no_body() && rc.has_content_length()) FUZZ_CHECK(sink.body.size() == rc.content_length());
+  if (!rc.no_body() && rc.has_content_length()) {
+    FUZZ_CHECK(sink.body.size() == rc.content_length());
+    FUZZ_CHECK(used == sink.body.size() && raw.substr(0, used) == sink.body);
+  }
+  if (!rc.no_body() && rc.chunked()) {
+    // The response ends where a strict reader says: a reused target connection starts the
+    // next response right after it.
+    const auto ref = fuzz::reference_dechunk(raw, /*lenient_trailers=*/true);
+    FUZZ_CHECK(ref.has_value());
+    FUZZ_CHECK(ref->end == used && ref->body == sink.body);
+  }
+  if (rc.close_delimited())
+    FUZZ_CHECK(used == sink.body.size() && raw.substr(0, used) == sink.body);
 }
 
 }  // namespace
@@ -85,7 +94,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Sink sink;
   rc.reset(head_request, &sink);
   int responses = 0;
-  bool done = false;  // error, or the connection would not be reused
+  bool done = false;      // error, or the connection would not be reused
+  size_t body_start = 0;  // offset in the stream of the current response's first body byte
   for (size_t off = 0; off < n0 && !done;) {
     const size_t len = read_size == 0 ? n0 - off : std::min(read_size, n0 - off);
     const char* p = p0 + off;
@@ -109,10 +119,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           FUZZ_CHECK(!sink.head_seen);
           FUZZ_CHECK(sink.body.size() == body_before && sink.body.empty());
           sink.head_seen = true;
+          body_start = static_cast<size_t>(p - p0);
           check_head(rc);
           break;
-        case ResponseCodec::Status::Complete:
-          check_complete(rc, sink);
+        case ResponseCodec::Status::Complete: {
+          const size_t end = static_cast<size_t>(p - p0);
+          if (!sink.head_seen) body_start = end;  // body-less: complete with its head
+          check_complete(rc, sink, std::string_view(p0 + body_start, n0 - body_start),
+                         end - body_start);
           ++responses;
           if (!rc.keep_alive() || responses >= kMaxResponses) {
             done = true;
@@ -122,6 +136,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
             rc.reset(head_request, &sink);
           }
           break;
+        }
         case ResponseCodec::Status::Error:
           FUZZ_CHECK(!rc.error_message().empty());
           done = true;
@@ -133,7 +148,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // The target closed the connection.
     const ResponseCodec::Status st = rc.finish();
     if (st == ResponseCodec::Status::Complete) {
-      check_complete(rc, sink);
+      FUZZ_CHECK(rc.close_delimited() && sink.head_seen);
+      check_complete(rc, sink, std::string_view(p0 + body_start, n0 - body_start), n0 - body_start);
     } else {
       FUZZ_CHECK(st == ResponseCodec::Status::Error);
     }

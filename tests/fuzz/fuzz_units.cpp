@@ -6,6 +6,7 @@
 // outside the grammar (digits followed by one of the units).
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <string_view>
 

@@ -4,17 +4,21 @@
 // corpus (fuzz.replay.<name>), so a crash, once added as a reproducer, stays fixed.
 //
 // Each input runs in a forked child, so one crashing input does not hide the others: the
-// summary names every failing file. --no-fork runs them in this process instead (for a
-// debugger); the first failure then ends the run.
+// summary names every failing file. A child that runs longer than --timeout=SECONDS (default
+// 3; an input normally takes milliseconds) is killed and counts as failed, so a hang
+// reproducer fails fast instead of growing until CTest's timeout. --no-fork runs the inputs in
+// this process instead (for a debugger); the first failure then ends the run.
 // Exit status: 0 when every input passed, 1 when any failed, 2 on a usage error or when no
 // input was found.
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -34,7 +38,8 @@ namespace {
 bool read_file(const fs::path& p, std::vector<uint8_t>& out) {
   std::ifstream in(p, std::ios::binary);
   if (!in) return false;
-  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)),
+                                std::istreambuf_iterator<char>());
   // An allocation of exactly the input's size, so ASan sees reads past the end as libFuzzer would.
   out.assign(bytes.begin(), bytes.end());
   out.shrink_to_fit();
@@ -50,10 +55,15 @@ void run_one(const std::vector<uint8_t>& bytes) {
 int main(int argc, char** argv) {
   if (LLVMFuzzerInitialize != nullptr) LLVMFuzzerInitialize(&argc, &argv);
   bool fork_each = true;
+  unsigned timeout_s = 3;
   std::vector<fs::path> inputs;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--no-fork") == 0) {
       fork_each = false;
+      continue;
+    }
+    if (std::strncmp(argv[i], "--timeout=", 10) == 0) {
+      timeout_s = static_cast<unsigned>(std::strtoul(argv[i] + 10, nullptr, 10));
       continue;
     }
     const fs::path arg(argv[i]);
@@ -77,7 +87,9 @@ int main(int argc, char** argv) {
     }
   }
   if (inputs.empty()) {
-    std::fprintf(stderr, "usage: %s [--no-fork] DIR_OR_FILE...  (no inputs found)\n", argv[0]);
+    std::fprintf(stderr,
+                 "usage: %s [--no-fork] [--timeout=SECONDS] DIR_OR_FILE...  (no inputs found)\n",
+                 argv[0]);
     return 2;
   }
 
@@ -100,6 +112,7 @@ int main(int argc, char** argv) {
       return 2;
     }
     if (pid == 0) {
+      if (timeout_s > 0) ::alarm(timeout_s);  // SIGALRM ends a hang
       run_one(bytes);
       std::fflush(nullptr);
       std::exit(0);  // runs the sanitizers' exit checks (leaks) in the child
@@ -112,8 +125,14 @@ int main(int argc, char** argv) {
       }
     }
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) continue;
-    std::string why = WIFSIGNALED(status) ? std::string("signal ") + strsignal(WTERMSIG(status))
-                                          : "exit status " + std::to_string(WEXITSTATUS(status));
+    std::string why;
+    if (WIFSIGNALED(status) && WTERMSIG(status) == SIGALRM) {
+      why = "timeout: still running after " + std::to_string(timeout_s) + " s";
+    } else if (WIFSIGNALED(status)) {
+      why = std::string("signal ") + strsignal(WTERMSIG(status));
+    } else {
+      why = "exit status " + std::to_string(WEXITSTATUS(status));
+    }
     std::fprintf(stderr, "FAILED: %s (%s)\n", p.c_str(), why.c_str());
     failed.push_back(p.string() + " (" + why + ")");
   }
