@@ -116,7 +116,7 @@ struct RequestCallbacks {
         return HPE_USER;
       }
     }
-    if (iequals_ascii(c->cur_name_, "transfer-encoding")) {
+    if (iequals(c->cur_name_, "transfer-encoding")) {
       c->fail(ErrorKind::BadRequest, "Transfer-Encoding is not allowed in trailers");
       return HPE_USER;
     }
@@ -139,16 +139,6 @@ struct RequestCallbacks {
     return HPE_PAUSED;  // the next request's bytes stay unconsumed
   }
 
-  static bool iequals_ascii(std::string_view a, std::string_view b) {
-    if (a.size() != b.size()) return false;
-    for (size_t i = 0; i < a.size(); ++i) {
-      char x = a[i], y = b[i];
-      if (x >= 'A' && x <= 'Z') x = static_cast<char>(x - 'A' + 'a');
-      if (y >= 'A' && y <= 'Z') y = static_cast<char>(y - 'A' + 'a');
-      if (x != y) return false;
-    }
-    return true;
-  }
 
   static const llhttp_settings_t* settings() {
     static const llhttp_settings_t s = [] {

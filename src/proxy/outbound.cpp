@@ -35,15 +35,7 @@ namespace {
 
 constexpr char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c; }
 
-// Local on purpose: request_head.cpp's iequals belongs to the codec; this module stays
-// independent of it (and of its link order in tests).
-bool ieq(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (a[i] != b[i] && lower(a[i]) != lower(b[i])) return false;
-  }
-  return true;
-}
+bool ieq(std::string_view a, std::string_view b) { return iequals(a, b); }  // the one shared compare
 
 bool istarts_with(std::string_view s, std::string_view prefix) {
   return s.size() >= prefix.size() && ieq(s.substr(0, prefix.size()), prefix);

@@ -21,18 +21,11 @@
 // the selected location/route owns the request.
 #include "router/router.hpp"
 
+#include "http/request_head.hpp"  // iequals
+
 namespace dechunkd {
 namespace {
 
-constexpr char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c; }
-
-bool ieq(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (lower(a[i]) != lower(b[i])) return false;
-  }
-  return true;
-}
 
 // The host part of a Host value or of a configured route host: port dropped, IPv6 brackets
 // dropped. "[::1]:8080" -> "::1", "Example.com:80" -> "Example.com", "::1" (unbracketed, not a
@@ -78,7 +71,7 @@ struct Rank {
 Rank rank_of(const RouteConfig& r, std::string_view req_host, std::string_view path) {
   Rank rk;
   if (!r.host.empty()) {
-    if (!ieq(host_only(r.host), req_host)) return rk;
+    if (!iequals(host_only(r.host), req_host)) return rk;
     rk.host = true;
   }
   if (r.prefix) {
