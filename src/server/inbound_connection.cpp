@@ -690,8 +690,7 @@ void InboundConnection::dispatch() {
       serve_echo();
       return;
     case RouteMode::Proxy:
-      call_ = std::make_unique<ProxyCall>(worker_, *this, ctx_, ctx_.route->targets.front());
-      call_->start();
+      start_proxy();
       return;
     case RouteMode::Queue:
       send_error(ErrorKind::InternalError, "queue mode is not available in this version", false);
@@ -699,14 +698,14 @@ void InboundConnection::dispatch() {
   }
 }
 
-void InboundConnection::serve_echo() {
+std::string InboundConnection::outbound_head(const TargetConfig* target, std::string_view request_target) const {
   std::vector<HeaderField> trailer_fields;
   for (auto& t : ctx_.trailers) trailer_fields.push_back(HeaderField{t.first, t.second});
   OutboundInput in;
   in.head = &ctx_.head;
   in.route = ctx_.route;
-  in.target = nullptr;
-  in.request_target = ctx_.head.target;
+  in.target = target;
+  in.request_target = request_target;
   in.client_addr = ctx_.client_ip;
   in.inbound_tls = ctx_.inbound_tls;
   in.request_id = ctx_.request_id;
@@ -714,8 +713,29 @@ void InboundConnection::serve_echo() {
   in.trailers = &trailer_fields;
   in.body_length = ctx_.body.size;
   for (const std::string& n : ctx_.strip_names) in.strip_names.push_back(n);
-  std::string echo;
-  build_outbound_head(in, echo);
+  std::string out;
+  out.reserve(512 + ctx_.head.raw.size());
+  build_outbound_head(in, out);
+  return out;
+}
+
+void InboundConnection::start_proxy() {
+  const TargetConfig& target = ctx_.route->targets.front();
+  ExchangeRequest req;
+  req.runtime = ctx_.runtime;
+  req.target = &target;
+  req.route_name = ctx_.route->name;
+  req.request_id = ctx_.request_id;
+  req.head_request = ctx_.head.method == "HEAD";
+  req.head = outbound_head(&target, map_request_target(*ctx_.route, target.url, ctx_.remainder, ctx_.head.query));
+  const RequestBody* body = &ctx_.body;  // lives as long as this request, which outlives the call
+  req.add_body = [body](OutQueue& q) { body->add_to(q); };
+  call_ = std::make_unique<ProxyCall>(worker_, *this, std::move(req));
+  call_->start();
+}
+
+void InboundConnection::serve_echo() {
+  std::string echo = outbound_head(nullptr, ctx_.head.target);
   status_ = 200;
   std::string h = "HTTP/1.1 200 OK\r\nContent-Type: message/http\r\nContent-Length: ";
   append_uint(h, echo.size() + ctx_.body.size);

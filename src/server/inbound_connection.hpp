@@ -18,6 +18,7 @@
 #include "net/transport.hpp"
 #include "router/router.hpp"
 #include "server/worker.hpp"
+#include "upstream/upstream.hpp"
 
 namespace dechunkd {
 
@@ -54,7 +55,7 @@ struct RequestContext {
   std::vector<std::string> strip_names;  // fields not forwarded: checked credentials, untrusted XFF
 };
 
-class InboundConnection : public BodySink {
+class InboundConnection : public BodySink, public ExchangeSink {
  public:
   // tls_ctx: the listener's TLS context, or nullptr for plain HTTP.
   InboundConnection(Worker& worker, int fd, const sockaddr_storage& peer, const ListenerSocket& listener,
@@ -73,18 +74,18 @@ class InboundConnection : public BodySink {
   bool idle() const;
   bool has_request_in_progress() const;
 
-  // --- called by ProxyCall ------------------------------------------------------------------
+  // --- ExchangeSink: called by ProxyCall --------------------------------------------------
   // The target's response head: build and queue the client's response head.
-  void relay_head(const ResponseCodec& resp);
-  void relay_body(const Span& span);
-  void flush_relayed();  // writes what relay_head/relay_body queued (once per target read)
-  void relay_end();
+  void relay_head(const ResponseCodec& resp) override;
+  void relay_body(const Span& span) override;
+  void flush_relayed() override;  // writes what relay_head/relay_body queued (once per target read)
+  void relay_end() override;
   // The call failed before any response byte reached the client: answer err. If the head was
   // already relayed, the client connection is cut.
-  void upstream_failed(ErrorKind kind, const std::string& reason);
+  void upstream_failed(ErrorKind kind, const std::string& reason) override;
   // Upstream read flow control: ProxyCall asks whether the client can take more.
-  bool client_backlogged() const;
-  void set_target_status(int status, int64_t target_ms);
+  bool client_backlogged() const override;
+  void set_target_status(int status, int64_t target_ms) override;
 
   bool on_body_bytes(const char* p, size_t n) override;
 
@@ -113,6 +114,9 @@ class InboundConnection : public BodySink {
   bool spill(const char** why);
   void dispatch();
   void serve_echo();
+  void start_proxy();
+  // The outbound request for target (nullptr: echo, Host kept) on request_target.
+  std::string outbound_head(const TargetConfig* target, std::string_view request_target) const;
   void finish_response();   // the response is fully queued; finish once written
   void request_done();      // the response is written: log, reset, next request
   void reset_request();

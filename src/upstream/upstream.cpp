@@ -13,8 +13,7 @@
 
 #include "log/log.hpp"
 #include "net/socket.hpp"
-#include "proxy/outbound.hpp"
-#include "server/inbound_connection.hpp"
+#include "server/runtime.hpp"
 
 namespace dechunkd {
 
@@ -152,9 +151,9 @@ struct ProxyCall::DnsRequest {
   }
 };
 
-ProxyCall::ProxyCall(Worker& w, InboundConnection& in, RequestContext& ctx, const TargetConfig& target)
-    : worker_(w), in_(in), ctx_(ctx), target_(target) {
-  key_ = ctx_.runtime->pool_key(target_);
+ProxyCall::ProxyCall(Worker& w, ExchangeSink& sink, ExchangeRequest&& req)
+    : worker_(w), in_(sink), req_(std::move(req)), target_(*req_.target) {
+  key_ = req_.runtime->pool_key(target_);
   timer_.reset(event_new(w.base(), -1, 0, on_timer, this));
 }
 
@@ -173,36 +172,17 @@ void ProxyCall::cancel() {
 }
 
 milliseconds ProxyCall::connect_timeout() const {
-  return target_.connect_timeout ? *target_.connect_timeout : ctx_.runtime->config->timeouts.upstream_connect;
+  return target_.connect_timeout ? *target_.connect_timeout : req_.runtime->config->timeouts.upstream_connect;
 }
 
 milliseconds ProxyCall::response_timeout() const {
-  return target_.timeout ? *target_.timeout : ctx_.runtime->config->timeouts.upstream_response;
+  return target_.timeout ? *target_.timeout : req_.runtime->config->timeouts.upstream_response;
 }
 
 void ProxyCall::arm(milliseconds d) { arm_timer(timer_.get(), d); }
 
 void ProxyCall::start() {
   started_ = std::chrono::steady_clock::now();
-  // Built once: kept for the one safe resend on a stale pooled connection.
-  OutboundInput in;
-  in.head = &ctx_.head;
-  in.route = ctx_.route;
-  in.target = &target_;
-  std::string request_target = map_request_target(*ctx_.route, target_.url, ctx_.remainder, ctx_.head.query);
-  in.request_target = request_target;
-  in.client_addr = ctx_.client_ip;
-  in.inbound_tls = ctx_.inbound_tls;
-  in.request_id = ctx_.request_id;
-  in.request_id_generated = ctx_.request_id_generated;
-  std::vector<HeaderField> trailer_fields;
-  for (auto& t : ctx_.trailers) trailer_fields.push_back(HeaderField{t.first, t.second});
-  in.trailers = &trailer_fields;
-  in.body_length = ctx_.body.size;
-  for (const std::string& n : ctx_.strip_names) in.strip_names.push_back(n);
-  head_.reserve(512 + ctx_.head.raw.size());
-  build_outbound_head(in, head_);
-
   conn_ = worker_.upstreams().take(key_);
   if (conn_) {
     conn_->set_handler(this);
@@ -359,7 +339,7 @@ void ProxyCall::tunnel_readable() {
 }
 
 bool ProxyCall::start_tls() {
-  SSL_CTX* ctx = ctx_.runtime->client_ctx(target_);
+  SSL_CTX* ctx = req_.runtime->client_ctx(target_);
   if (!target_.url.tls) return true;
   if (!ctx) {
     fail(ErrorKind::BadGateway, "no TLS context for this target");
@@ -390,12 +370,12 @@ bool ProxyCall::start_tls() {
 void ProxyCall::send_request() {
   state_ = State::Sending;
   out_.clear();
-  std::string head = head_;
+  std::string head = req_.head;
   out_.add(std::move(head));
-  ctx_.body.add_to(out_);
-  resp_.reset(ctx_.head.method == "HEAD", this);
+  if (req_.add_body) req_.add_body(out_);
+  resp_.reset(req_.head_request, this);
   conn_->want_read(true);
-  arm(ctx_.runtime->config->timeouts.send);
+  arm(req_.runtime->config->timeouts.send);
   flush_request();
 }
 
@@ -414,7 +394,7 @@ void ProxyCall::flush_request() {
   }
   if (st == IoStatus::WouldBlock) {
     conn_->want_write(true);
-    if (out_.pending() != before) arm(ctx_.runtime->config->timeouts.send);
+    if (out_.pending() != before) arm(req_.runtime->config->timeouts.send);
     return;
   }
   conn_->want_write(false);
@@ -459,8 +439,8 @@ bool ProxyCall::try_resend(const char* why) {
   // once, on a fresh connection: the target cannot have acted on the request (SPEC 4).
   if (!conn_ || !conn_->reused || resent_ || resp_.any_byte_seen()) return false;
   resent_ = true;
-  log_debug(std::string("route=") + ctx_.route->name + " target=" + ctx_.runtime->target_label(target_) +
-            " request_id=" + ctx_.request_id + ": pooled connection was closed (" + why + "), resending on a new one");
+  log_debug(std::string("route=") + req_.route_name + " target=" + req_.runtime->target_label(target_) +
+            " request_id=" + req_.request_id + ": pooled connection was closed (" + why + "), resending on a new one");
   conn_.reset();
   connect_fresh();
   return true;
@@ -547,7 +527,7 @@ void ProxyCall::read_response() {
     }
     in_.flush_relayed();
     if (state_ == State::Done) return;
-    if (head_relayed_) arm(ctx_.runtime->config->timeouts.upstream_idle);
+    if (head_relayed_) arm(req_.runtime->config->timeouts.upstream_idle);
     if (in_.client_backlogged()) {
       reading_paused_ = true;
       conn_->want_read(false);
@@ -587,8 +567,8 @@ void ProxyCall::fail(ErrorKind kind, const std::string& reason) {
   state_ = State::Done;
   event_del(timer_.get());
   conn_.reset();
-  log_warn(std::string("route=") + ctx_.route->name + " target=" + ctx_.runtime->target_label(target_) +
-           " request_id=" + ctx_.request_id + ": " + reason + " (" + std::to_string(error_status(kind)) + " " +
+  log_warn(std::string("route=") + req_.route_name + " target=" + req_.runtime->target_label(target_) +
+           " request_id=" + req_.request_id + ": " + reason + " (" + std::to_string(error_status(kind)) + " " +
            std::string(error_word(kind)) + ")");
   in_.upstream_failed(kind, reason);
 }

@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -18,9 +19,8 @@
 
 namespace dechunkd {
 
-class InboundConnection;
-struct RequestContext;
 class UpstreamConn;
+class Runtime;
 
 // Whoever currently owns an upstream connection receives its events.
 class UpstreamHandler {
@@ -83,11 +83,38 @@ class UpstreamPool : public UpstreamHandler {
   std::unordered_map<std::string, std::vector<std::unique_ptr<UpstreamConn>>> idle_;
 };
 
+// Who receives a target's answer: the client connection in proxy mode (relays it); a queue
+// delivery will record the status (SPEC 6) through the same calls.
+class ExchangeSink {
+ public:
+  virtual ~ExchangeSink() = default;
+  virtual void relay_head(const ResponseCodec& resp) = 0;
+  virtual void relay_body(const Span& span) = 0;
+  virtual void relay_end() = 0;
+  virtual void flush_relayed() = 0;  // after each target read
+  // The call failed; reason is for the log (route, target and request id are added by the call).
+  virtual void upstream_failed(ErrorKind kind, const std::string& reason) = 0;
+  virtual bool client_backlogged() const = 0;  // stop reading the target until client_drained()
+  virtual void set_target_status(int status, int64_t target_ms) = 0;
+};
+
+// Everything a call needs, prepared by its owner: the outbound head is built once (and kept for
+// the one safe resend), the body is re-added from its spans/spill file for that resend.
+struct ExchangeRequest {
+  std::shared_ptr<const Runtime> runtime;  // timeouts, TLS context, pool key, target label
+  const TargetConfig* target = nullptr;
+  std::string route_name;                  // for log lines
+  std::string request_id;                  // for log lines
+  bool head_request = false;               // HEAD: the response has no body
+  std::string head;                        // the complete outbound head (request line .. CRLF CRLF)
+  std::function<void(OutQueue&)> add_body; // appends the body (may be called twice)
+};
+
 // One request to one target: resolve, connect (or reuse), send head + body, parse the response
-// and relay it through the InboundConnection. Owned by the InboundConnection.
+// and hand it to the sink. Owned by its sink's owner.
 class ProxyCall : public UpstreamHandler, public BodySink, public Deferred {
  public:
-  ProxyCall(Worker& w, InboundConnection& in, RequestContext& ctx, const TargetConfig& target);
+  ProxyCall(Worker& w, ExchangeSink& sink, ExchangeRequest&& req);
   ~ProxyCall() override;
   void start();
   void cancel();          // the client went away or the worker stops: drop the connection
@@ -127,15 +154,14 @@ class ProxyCall : public UpstreamHandler, public BodySink, public Deferred {
   std::chrono::milliseconds response_timeout() const;
 
   Worker& worker_;
-  InboundConnection& in_;
-  RequestContext& ctx_;
+  ExchangeSink& in_;
+  ExchangeRequest req_;
   const TargetConfig& target_;
   std::string key_;
   State state_ = State::Resolving;
   std::unique_ptr<UpstreamConn> conn_;
   DnsRequest* dns_ = nullptr;
   EventPtr timer_;
-  std::string head_;          // the outbound head, kept for the one safe resend
   OutQueue out_;
   ResponseCodec resp_;
   BlockRef cur_block_;
