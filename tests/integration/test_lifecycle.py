@@ -24,7 +24,8 @@ def wait_served(d: Daemon, path: str, what: str):
 def refuses_connections(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
+        # A SYN that races with the listener's close is answered with a reset: refused as well.
         return True
     return False
 
