@@ -1,5 +1,7 @@
 #include "admin/metrics.hpp"
 
+#include "core/append.hpp"
+
 #include <charconv>
 #include <cstdio>
 
@@ -57,18 +59,6 @@ void label_value(std::string& out, std::string_view v) {
   }
 }
 
-void number(std::string& out, uint64_t v) {
-  char buf[24];
-  auto r = std::to_chars(buf, buf + sizeof buf, v);
-  out.append(buf, r.ptr);
-}
-
-void number(std::string& out, int64_t v) {
-  char buf[24];
-  auto r = std::to_chars(buf, buf + sizeof buf, v);
-  out.append(buf, r.ptr);
-}
-
 void real(std::string& out, double v) {
   char buf[40];
   int n = std::snprintf(buf, sizeof buf, "%.9g", v);  // admin path only, not the request path
@@ -100,7 +90,7 @@ void histogram(std::string& out, std::string_view name, const std::string& label
     out += "le=\"";
     if (i < Histogram::kBounds.size()) real(out, Histogram::kBounds[i]); else out += "+Inf";
     out += "\"} ";
-    number(out, cumulative);
+    append_decimal(out, cumulative);
     out += '\n';
   }
   out += "dechunkd_";
@@ -114,7 +104,7 @@ void histogram(std::string& out, std::string_view name, const std::string& label
   out += "_count{";
   out += labels;
   out += "} ";
-  number(out, h.count);
+  append_decimal(out, h.count);
   out += '\n';
 }
 
@@ -137,9 +127,9 @@ std::string render_metrics(const WorkerStats& total, const ProcessStats& process
       out += "dechunkd_requests_total{" + route_label(route) + ",mode=\"";
       label_value(out, rs.mode);
       out += "\",status=\"";
-      number(out, static_cast<uint64_t>(status));
+      append_decimal(out, static_cast<uint64_t>(status));
       out += "\"} ";
-      number(out, n);
+      append_decimal(out, n);
       out += '\n';
     }
   }
@@ -160,32 +150,32 @@ std::string render_metrics(const WorkerStats& total, const ProcessStats& process
   header(out, "received_bytes_total", "counter", "Request body bytes received (after de-chunking).");
   for (auto& [route, rs] : total.routes) {
     out += "dechunkd_received_bytes_total{" + route_label(route) + "} ";
-    number(out, rs.received_bytes);
+    append_decimal(out, rs.received_bytes);
     out += '\n';
   }
 
   header(out, "chunked_requests_total", "counter", "Requests that arrived with Transfer-Encoding: chunked.");
   for (auto& [route, rs] : total.routes) {
     out += "dechunkd_chunked_requests_total{" + route_label(route) + "} ";
-    number(out, rs.chunked_requests);
+    append_decimal(out, rs.chunked_requests);
     out += '\n';
   }
 
   header(out, "connections_active", "gauge", "Inbound connections open.");
   out += "dechunkd_connections_active ";
-  number(out, process.connections_active);
+  append_decimal(out, process.connections_active);
   out += '\n';
 
   header(out, "requests_in_flight", "gauge", "Requests received and not yet answered.");
   out += "dechunkd_requests_in_flight ";
-  number(out, total.requests_in_flight < 0 ? int64_t{0} : total.requests_in_flight);
+  append_decimal(out, total.requests_in_flight < 0 ? int64_t{0} : total.requests_in_flight);
   out += '\n';
 
   header(out, "config_reloads_total", "counter", "Configuration reloads, by result.");
   out += "dechunkd_config_reloads_total{result=\"success\"} ";
-  number(out, process.reloads_success);
+  append_decimal(out, process.reloads_success);
   out += "\ndechunkd_config_reloads_total{result=\"failure\"} ";
-  number(out, process.reloads_failure);
+  append_decimal(out, process.reloads_failure);
   out += '\n';
 
   header(out, "build_info", "gauge", "Always 1; the version label says which build runs.");

@@ -7,6 +7,7 @@
 #include <charconv>
 #include <cstring>
 
+#include "core/append.hpp"
 #include "http/errors.hpp"
 #include "log/log.hpp"
 
@@ -14,12 +15,6 @@ namespace dechunkd {
 
 namespace {
 constexpr size_t kFlushAt = 64 * 1024;
-
-void append_int(std::string& out, int64_t v) {
-  char buf[24];
-  auto r = std::to_chars(buf, buf + sizeof buf, v);
-  out.append(buf, r.ptr);
-}
 
 void append_str(std::string& out, std::string_view key, std::string_view v) {
   out += '"';
@@ -88,17 +83,17 @@ void AccessLog::append(const AccessRecord& r) {
   buf_ += ',';
   append_str(buf_, "path", r.path);
   buf_ += ",\"status\":";
-  append_int(buf_, r.status);
+  append_decimal(buf_, r.status);
   buf_ += ",\"bytes_in\":";
-  append_int(buf_, static_cast<int64_t>(r.bytes_in));
+  append_decimal(buf_, static_cast<int64_t>(r.bytes_in));
   buf_ += ",\"chunked\":";
   buf_ += r.chunked ? "true" : "false";
   buf_ += ",\"target_status\":";
-  if (r.target_status < 0) buf_ += "null"; else append_int(buf_, r.target_status);
+  if (r.target_status < 0) buf_ += "null"; else append_decimal(buf_, r.target_status);
   buf_ += ",\"target_ms\":";
-  if (r.target_ms < 0) buf_ += "null"; else append_int(buf_, r.target_ms);
+  if (r.target_ms < 0) buf_ += "null"; else append_decimal(buf_, r.target_ms);
   buf_ += ",\"duration_ms\":";
-  append_int(buf_, r.duration_ms);
+  append_decimal(buf_, r.duration_ms);
   buf_ += "}\n";
   if (buf_.size() >= kFlushAt) flush();
 }

@@ -11,6 +11,7 @@
 #include <charconv>
 #include <cstring>
 
+#include "core/append.hpp"
 #include "log/log.hpp"
 #include "net/socket.hpp"
 #include "proxy/outbound.hpp"
@@ -26,18 +27,6 @@ constexpr size_t kLowWatermark = 256 * 1024;    // read it again below this
 constexpr size_t kSpillBatch = 256 * 1024;      // spilled bodies are written in batches
 constexpr milliseconds kLinger{2000};           // drain input this long before the final close
 constexpr int kMaxReadsPerEvent = 16;           // fairness between connections
-
-void append_uint(std::string& out, uint64_t v) {
-  char buf[24];
-  auto r = std::to_chars(buf, buf + sizeof buf, v);
-  out.append(buf, r.ptr);
-}
-
-void append_hex(std::string& out, uint64_t v) {
-  char buf[24];
-  auto r = std::to_chars(buf, buf + sizeof buf, v, 16);
-  out.append(buf, r.ptr);
-}
 
 // Response fields a gateway never relays (hop-by-hop), plus those it writes itself.
 bool skip_response_field(std::string_view name, const std::vector<std::string_view>& connection_tokens) {
@@ -738,7 +727,7 @@ void InboundConnection::serve_echo() {
   std::string echo = outbound_head(nullptr, ctx_.head.target);
   status_ = 200;
   std::string h = "HTTP/1.1 200 OK\r\nContent-Type: message/http\r\nContent-Length: ";
-  append_uint(h, echo.size() + ctx_.body.size);
+  append_decimal(h, echo.size() + ctx_.body.size);
   h += "\r\n";
   append_common_headers(h, will_close());
   out_.add(std::move(h));
@@ -780,7 +769,7 @@ void InboundConnection::relay_head(const ResponseCodec& resp) {
   std::string h;
   h.reserve(256);
   h += "HTTP/1.1 ";
-  append_uint(h, static_cast<uint64_t>(resp.status()));
+  append_decimal(h, static_cast<uint64_t>(resp.status()));
   h += ' ';
   h += resp.reason();  // relayed as received, also when empty
   h += "\r\n";
@@ -796,12 +785,12 @@ void InboundConnection::relay_head(const ResponseCodec& resp) {
   if (resp.no_body() || head_req) {
     if (resp.has_content_length()) {
       h += "Content-Length: ";
-      append_uint(h, resp.content_length());
+      append_decimal(h, resp.content_length());
       h += "\r\n";
     }
   } else if (resp.has_content_length()) {
     h += "Content-Length: ";
-    append_uint(h, resp.content_length());
+    append_decimal(h, resp.content_length());
     h += "\r\n";
   } else if (ctx_.head.version_minor == 1) {
     h += "Transfer-Encoding: chunked\r\n";  // responses are streamed, never de-chunked (SPEC 10)
@@ -865,11 +854,11 @@ void InboundConnection::send_error(ErrorKind kind, std::string_view message, boo
   std::string h;
   h.reserve(256 + body.size());
   h += "HTTP/1.1 ";
-  append_uint(h, static_cast<uint64_t>(status_));
+  append_decimal(h, static_cast<uint64_t>(status_));
   h += ' ';
   h += error_reason(kind);
   h += "\r\nContent-Type: application/json\r\nContent-Length: ";
-  append_uint(h, body.size());
+  append_decimal(h, body.size());
   h += "\r\n";
   h += extra_headers_;  // Allow for a 405, WWW-Authenticate for a 401
   if (kind == ErrorKind::Overloaded) h += "Retry-After: 1\r\n";
@@ -903,10 +892,7 @@ void InboundConnection::flush_output() {
   size_t before = out_.pending();
   IoStatus st = transport_->flush(out_, &err);
   if (st == IoStatus::Error || st == IoStatus::Closed) {
-    if (has_request_in_progress() && !response_complete_) {
-      worker_.shared().cut_requests.fetch_add(0, std::memory_order_relaxed);
-    }
-    close_now();
+    close_now();  // the client went away
     return;
   }
   if (st == IoStatus::WouldBlock) {
