@@ -115,7 +115,31 @@ class AdminConnection {
       return send_error(ErrorKind::BadRequest, "the configuration has " + std::to_string(errors) +
                                                    " error(s) and was not applied; the log lists them");
     }
+    if (path == "/queue" || path.substr(0, 13) == "/dead-letters" || path.substr(0, 8) == "/routes/") {
+      if ((method == "POST" || method == "DELETE") && !authorized(head)) return;
+      QueueAdminRequest req{std::string(method), std::string(path), std::string(head.query)};
+      AdminServer* server = &server_;
+      AdminConnection* self = this;
+      bool asked = backend.queue_admin(std::move(req), [server, self](QueueAdminReply r) {
+        if (!server->conns_.count(self)) return;  // the client went away meanwhile
+        self->queue_answer(r);
+      });
+      if (!asked) send_error(ErrorKind::Overloaded, "dechunkd is stopping");
+      return;
+    }
     send_error(ErrorKind::NotFound, "no such admin endpoint");
+  }
+
+  void queue_answer(const QueueAdminReply& r) {
+    if (r.error) {
+      if (!r.allow.empty()) extra_headers_ = "Allow: " + r.allow + "\r\n";
+      return send_error(r.kind, r.message);
+    }
+    if (r.status == 204) {
+      out_.add("HTTP/1.1 204 No Content\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n");
+      return flush();
+    }
+    send(r.status, "application/json", r.body);
   }
 
   // Mutating endpoints need the bearer token when admin.token_file is set (SPEC 8).

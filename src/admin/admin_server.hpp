@@ -10,6 +10,7 @@
 #include "admin/metrics.hpp"
 #include "config/config.hpp"
 #include "net/event.hpp"
+#include "queue/queue_service.hpp"
 
 namespace dechunkd {
 
@@ -26,6 +27,9 @@ class AdminBackend {
   // Reloads the configuration now; returns the number of errors (0 = applied).
   virtual size_t reload_now() = 0;
   virtual std::shared_ptr<const Config> config() = 0;
+  // Queue endpoints (SPEC 8): answered by the queue thread, done runs on the admin thread.
+  // false when the process is stopping (nothing will answer).
+  virtual bool queue_admin(QueueAdminRequest req, std::function<void(QueueAdminReply)> done) = 0;
 };
 
 class AdminServer {

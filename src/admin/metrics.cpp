@@ -171,6 +171,51 @@ std::string render_metrics(const WorkerStats& total, const ProcessStats& process
   append_decimal(out, total.requests_in_flight < 0 ? int64_t{0} : total.requests_in_flight);
   out += '\n';
 
+  const QueueStats& q = process.queue;
+  if (q.enabled) {
+    auto per_target = [&](const char* name, const char* type, const char* help, auto value) {
+      header(out, name, type, help);
+      for (const QueueTargetStats& t : q.targets) {
+        out += "dechunkd_";
+        out += name;
+        out += '{' + route_label(t.route) + ",target=\"";
+        label_value(out, t.target);
+        out += "\"} ";
+        value(t);
+        out += '\n';
+      }
+    };
+    per_target("queue_pending", "gauge", "Queued deliveries waiting for their next attempt (not in flight).",
+               [&](const QueueTargetStats& t) { append_decimal(out, t.pending); });
+    per_target("queue_in_flight", "gauge", "Queued deliveries being attempted now.",
+               [&](const QueueTargetStats& t) { append_decimal(out, t.in_flight); });
+    per_target("queue_oldest_pending_seconds", "gauge", "Age of the oldest unfinished delivery (0 when none).",
+               [&](const QueueTargetStats& t) { real(out, t.oldest_pending_seconds); });
+    per_target("dead_letters", "gauge", "Deliveries in the dead-letter store.",
+               [&](const QueueTargetStats& t) { append_decimal(out, t.dead_letters); });
+    header(out, "deliveries_total", "counter", "Queue delivery outcomes: delivered, retried (a failed attempt that will be retried), dead_lettered.");
+    for (const QueueTargetStats& t : q.targets) {
+      std::pair<const char*, uint64_t> results[] = {{"delivered", t.delivered}, {"retried", t.retried}, {"dead_lettered", t.dead_lettered}};
+      for (auto [result, n] : results) {
+        out += "dechunkd_deliveries_total{" + route_label(t.route) + ",target=\"";
+        label_value(out, t.target);
+        out += "\",result=\"";
+        out += result;
+        out += "\"} ";
+        append_decimal(out, n);
+        out += '\n';
+      }
+    }
+    header(out, "queue_bytes", "gauge", "Bytes the queue holds on disk (what storage.max_queue_size limits; dead letters included).");
+    out += "dechunkd_queue_bytes ";
+    append_decimal(out, q.bytes);
+    out += '\n';
+    header(out, "queue_corrupt_records_total", "counter", "Damaged queue records found (checksum mismatch) and skipped by recovery.");
+    out += "dechunkd_queue_corrupt_records_total ";
+    append_decimal(out, q.corrupt_records);
+    out += '\n';
+  }
+
   header(out, "config_reloads_total", "counter", "Configuration reloads, by result.");
   out += "dechunkd_config_reloads_total{result=\"success\"} ";
   append_decimal(out, process.reloads_success);

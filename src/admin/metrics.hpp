@@ -40,11 +40,29 @@ struct WorkerStats {
   Histogram& upstream(RouteStats& rs, std::string_view target);
 };
 
-// Process-wide values the main thread owns.
+// Queue mode (SPEC 8): per (route, target) numbers, copied from the queue thread.
+struct QueueTargetStats {
+  std::string route;
+  std::string target;          // URL without query
+  uint64_t pending = 0;        // waiting for an attempt (not in flight)
+  uint64_t in_flight = 0;
+  uint64_t dead_letters = 0;
+  double oldest_pending_seconds = 0;  // oldest unfinished delivery (waiting or in flight)
+  uint64_t delivered = 0, retried = 0, dead_lettered = 0;  // deliveries_total{result}
+};
+struct QueueStats {
+  bool enabled = false;        // the store is open
+  uint64_t bytes = 0;          // queue_bytes: what max_queue_size limits
+  uint64_t corrupt_records = 0;
+  std::vector<QueueTargetStats> targets;
+};
+
+// Process-wide values: the main thread's own, plus the queue thread's copy.
 struct ProcessStats {
   uint64_t connections_active = 0;
   uint64_t reloads_success = 0;
   uint64_t reloads_failure = 0;
+  QueueStats queue;
 };
 
 // Renders the Prometheus text exposition format (version 0.0.4).

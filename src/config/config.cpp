@@ -37,19 +37,6 @@ std::string Url::redacted() const {
 namespace config_detail {
 namespace {
 
-// ---- Features that later releases implement ------------------------------------------------
-// The loader parses and validates each of these fully, then refuses the config with
-// "<what> is not supported yet" at the key (for mode: queue and https:// URLs: the value) that
-// asks for it. When a feature ships, delete its line from kNotSupportedYet; nothing else changes.
-struct PendingFeature {
-  Feature feature;
-  const char* what;
-};
-
-constexpr PendingFeature kNotSupportedYet[] = {
-    {Feature::QueueMode, "mode 'queue'"},
-};
-// ---------------------------------------------------------------------------------------------
 
 constexpr unsigned kMaxWorkers = 256;
 constexpr Millis kMaxDuration{87600LL * 3600'000};  // 10 years: far from any clock overflow
@@ -330,13 +317,6 @@ std::optional<std::vector<Cidr>> Loader::cidrs(const Field& f) {
   return out;
 }
 
-void Loader::report_unsupported() {
-  for (const auto& [feature, pos] : uses_) {
-    for (const PendingFeature& p : kNotSupportedYet) {
-      if (p.feature == feature) error(pos, std::string(p.what) + " is not supported yet");
-    }
-  }
-}
 
 // ---- the schema --------------------------------------------------------------------------------
 
@@ -392,7 +372,6 @@ LoadResult Loader::load(std::string_view text) {
       Pos root_pos = pos_of(root);
       if (root_pos.line == 0 || is_missing(root)) root_pos = {1, 1};
       parse_root(root, root_pos, *cfg);
-      report_unsupported();
     }
   } catch (const std::exception& e) {
     error({}, std::string("internal error while reading the configuration: ") + e.what());
@@ -448,7 +427,6 @@ void Loader::parse_listeners(const Field& f, Config& c) {
       address_ok = parse_address(*a, l.address, l.host, l.port);
     }
     if (auto t = m.take("tls")) {
-      use(Feature::ListenTls, t->key_pos);
       MapReader tm(*this, *t);
       if (tm.ok() && tm.empty()) error(t->value_pos, "'tls' must not be empty");
       TlsListenConfig tls;
@@ -473,7 +451,6 @@ void Loader::parse_listeners(const Field& f, Config& c) {
       l.tls = std::move(tls);
     }
     if (auto t = m.take("trusted_proxies")) {
-      use(Feature::TrustedProxies, t->key_pos);
       if (auto v = cidrs(*t)) l.trusted_proxies = std::move(*v);
     }
     if (address_ok && l.port != 0) {

@@ -15,18 +15,6 @@
 
 namespace dechunkd::config_detail {
 
-// Features that later releases implement. The loader records each use (Loader::use) and
-// config.cpp's kNotSupportedYet table decides which are still refused.
-enum class Feature {
-  ListenTls,       // listen[].tls
-  TrustedProxies,  // listen[].trusted_proxies
-  QueueMode,       // routes[].mode: queue
-  RouteAuth,       // routes[].auth
-  AllowFrom,       // routes[].allow_from
-  HttpsTarget,     // https:// target URLs
-  TargetTls,       // targets[].tls
-  TargetProxy,     // targets[].proxy
-};
 
 struct Pos {
   int line = 0;  // 1-based; 0 = unknown
@@ -127,8 +115,6 @@ class Loader {
   std::optional<std::vector<Field>> list(const Field& f, bool allow_empty);
   std::optional<std::vector<Cidr>> cidrs(const Field& f);
 
-  void use(Feature feature, Pos p) { uses_.emplace_back(feature, p); }
-  void report_unsupported();
 
   void parse_root(const YAML::Node& root, Pos root_pos, Config& c);
   void parse_listeners(const Field& f, Config& c);
@@ -161,7 +147,6 @@ class Loader {
 
   std::string file_;
   std::vector<ConfigError> errors_;
-  std::vector<std::pair<Feature, Pos>> uses_;
   std::vector<RouteMeta> route_meta_;    // parallel to Config::routes
   std::vector<ListenMeta> listen_meta_;  // parallel to Config::listen
   Pos admin_address_pos_;

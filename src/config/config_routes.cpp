@@ -80,7 +80,6 @@ void Loader::parse_route(const Field& item, Config& c) {
     mode = choice<RouteMode>(
         *x, {{"proxy", RouteMode::Proxy}, {"queue", RouteMode::Queue}, {"echo", RouteMode::Echo}});
     if (mode) r.mode = *mode;
-    if (mode == RouteMode::Queue) use(Feature::QueueMode, x->value_pos);
   }
   const bool is_queue = mode == RouteMode::Queue;
   const std::string mode_name = !mode                       ? ""
@@ -203,7 +202,6 @@ void Loader::parse_route(const Field& item, Config& c) {
   }
   if (auto x = m.take("request_headers")) parse_header_rules(*x, r.request_headers);
   if (auto x = m.take("auth")) {
-    use(Feature::RouteAuth, x->key_pos);
     AuthConfig auth;
     size_t errors_before = error_count();
     parse_auth(*x, auth);
@@ -215,7 +213,6 @@ void Loader::parse_route(const Field& item, Config& c) {
     r.auth = std::move(auth);
   }
   if (auto x = m.take("allow_from")) {
-    use(Feature::AllowFrom, x->key_pos);
     if (auto v = cidrs(*x)) r.allow_from = std::move(*v);
   }
 
@@ -261,7 +258,6 @@ bool Loader::parse_target_url(const Field& f, Url& url) {
     error(f.value_pos, "invalid target URL: " + *err);
     return false;
   }
-  if (url.tls) use(Feature::HttpsTarget, f.value_pos);
   return true;
 }
 
@@ -288,13 +284,11 @@ void Loader::parse_target(const Field& f, std::optional<RouteMode> mode, RouteCo
     if (auto v = boolean(*x)) t.preserve_host = *v;
   }
   if (auto x = m.take("tls")) {
-    use(Feature::TargetTls, x->key_pos);
     if (url_ok && !t.url.tls) error(x->key_pos, "'tls' applies only to https:// targets");
     parse_target_tls(*x, t.tls);
   }
   if (auto x = m.take("headers")) parse_header_rules(*x, t.headers);
   if (auto x = m.take("proxy")) {
-    use(Feature::TargetProxy, x->key_pos);
     if (auto text = string(*x, true)) {
       Url p;
       if (auto err = config_detail::parse_url(*text, p)) {

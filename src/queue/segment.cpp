@@ -147,7 +147,7 @@ bool peek_id(const unsigned char* payload, size_t n, std::string* id) {
 
 std::string encode_message(const QueuedMessage& m, const std::vector<Delivery>& d, bool body_lost) {
   std::string out;
-  out.reserve(64 + m.route.size() + m.method.size() + m.dedupe_key.size() + m.head_fields.size() + 96 * d.size());
+  out.reserve(64 + m.route.size() + m.method.size() + m.dedupe_key.size() + m.head_fields.size() + m.path.size() + 96 * d.size());
   PayloadWriter w(&out);
   w.str8(m.id);
   w.u8(body_lost ? 1 : 0);
@@ -155,12 +155,13 @@ std::string encode_message(const QueuedMessage& m, const std::vector<Delivery>& 
   w.u64(m.body_size);
   w.str16(m.route);
   w.str16(m.method);
+  w.str32(m.path);
   w.str16(m.dedupe_key);
   w.str32(m.head_fields);
   w.u32(static_cast<uint32_t>(m.targets.size()));
   for (const auto& t : m.targets) w.str32(t);
-  w.u32(static_cast<uint32_t>(m.request_targets.size()));
-  for (const auto& t : m.request_targets) w.str32(t);
+  w.u32(static_cast<uint32_t>(m.target_heads.size()));
+  for (const auto& t : m.target_heads) w.str32(t);
   w.u32(static_cast<uint32_t>(d.size()));
   for (const auto& x : d) encode_state(w, x);
   return out;
@@ -174,6 +175,7 @@ bool decode_message(const unsigned char* p, size_t n, QueuedMessage* m, std::vec
   m->body_size = r.u64();
   m->route = r.str16();
   m->method = r.str16();
+  m->path = r.str32();
   m->dedupe_key = r.str16();
   m->head_fields = r.str32();
   // Counts are checked against the bytes left so damage cannot ask for a huge allocation.
@@ -183,8 +185,8 @@ bool decode_message(const unsigned char* p, size_t n, QueuedMessage* m, std::vec
   for (uint32_t i = 0; i < nt && r.ok(); ++i) m->targets.push_back(r.str32());
   uint32_t nr = r.u32();
   if (!r.ok() || nr > n) return false;
-  m->request_targets.clear();
-  for (uint32_t i = 0; i < nr && r.ok(); ++i) m->request_targets.push_back(r.str32());
+  m->target_heads.clear();
+  for (uint32_t i = 0; i < nr && r.ok(); ++i) m->target_heads.push_back(r.str32());
   uint32_t nd = r.u32();
   if (!r.ok() || nd != nt || m->id.empty() || (flags & ~1u) != 0) return false;
   d->assign(nd, Delivery{});

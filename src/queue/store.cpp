@@ -789,8 +789,8 @@ bool StoreImpl::append_message(const QueuedMessage& m, const std::vector<std::pa
     *error = "message " + m.id + ": route, method or dedupe key longer than 65535 bytes";
     return false;
   }
-  if (m.request_targets.size() != m.targets.size()) {
-    *error = "message " + m.id + ": targets and request_targets differ in length";
+  if (m.target_heads.size() != m.targets.size()) {
+    *error = "message " + m.id + ": targets and target_heads differ in length";
     return false;
   }
   uint64_t body_len = 0;

@@ -23,10 +23,14 @@ struct QueuedMessage {
   std::string route;                     // route name at acceptance
   int64_t accepted_ms = 0;               // wall clock, ms since the epoch
   std::string method;
+  std::string path;                      // the request-target as received (dead-letter view)
   std::vector<std::string> targets;      // per target index: full target URL (with query) at acceptance
-  std::vector<std::string> request_targets;  // per target index: the outbound request-target
-  std::string head_fields;               // the cleaned outbound header block without Host/CL/X-Dechunkd-*
-                                         // ("Name: value\r\n" lines), built at acceptance
+  // Per target index: the outbound request head built at acceptance by the proxy path's
+  // builder (request line and fields, Content-Length included), without the X-Dechunkd-*
+  // fields and without the final empty line; a delivery appends those.
+  std::vector<std::string> target_heads;
+  std::string head_fields;               // the request's header fields as received, minus checked
+                                         // credentials ("Name: value\r\n" lines; dead-letter view)
   std::string dedupe_key;                // empty when none
   uint64_t body_size = 0;
   // The body is stored once, in the log; read_body() returns it.

@@ -15,6 +15,7 @@
 #include "log/log.hpp"
 #include "net/socket.hpp"
 #include "proxy/outbound.hpp"
+#include "queue/queue_service.hpp"
 #include "upstream/upstream.hpp"
 
 namespace dechunkd {
@@ -99,6 +100,7 @@ InboundConnection::InboundConnection(Worker& worker, int fd, const sockaddr_stor
 }
 
 InboundConnection::~InboundConnection() {
+  if (queue_waiter_) queue_waiter_->conn = nullptr;
   call_.reset();
   read_ev_.reset();
   write_ev_.reset();
@@ -682,7 +684,7 @@ void InboundConnection::dispatch() {
       start_proxy();
       return;
     case RouteMode::Queue:
-      send_error(ErrorKind::InternalError, "queue mode is not available in this version", false);
+      start_queue();
       return;
   }
 }
@@ -721,6 +723,91 @@ void InboundConnection::start_proxy() {
   req.add_body = [body](OutQueue& q) { body->add_to(q); };
   call_ = std::make_unique<ProxyCall>(worker_, *this, std::move(req));
   call_->start();
+}
+
+// Queue mode (SPEC 6): the request goes to the queue thread with one outbound head per target,
+// built now by the proxy path's builder; the answer comes back once it is durable.
+void InboundConnection::start_queue() {
+  QueueService* queue = worker_.shared().queue;
+  if (!queue) {
+    send_error(ErrorKind::Overloaded, "the queue is not available", false);
+    return;
+  }
+  const RouteConfig& route = *ctx_.route;
+  QueueSubmission sub;
+  QueuedMessage& m = sub.msg;
+  m.route = route.name;
+  m.method = std::string(ctx_.head.method);
+  m.path = std::string(ctx_.head.target);
+  m.body_size = ctx_.body.size;
+  for (const HeaderField& f : ctx_.head.fields) {
+    bool stripped = false;
+    for (const std::string& n : ctx_.strip_names) stripped |= iequals(f.name, n);
+    if (stripped) continue;
+    m.head_fields.append(f.name);
+    m.head_fields += ": ";
+    m.head_fields.append(f.value);
+    m.head_fields += "\r\n";
+    if (route.dedupe && m.dedupe_key.empty() && iequals(f.name, route.dedupe->header)) {
+      m.dedupe_key = std::string(f.value);
+    }
+  }
+  // The gateway's own delivery fields are never taken from the sender.
+  for (const char* own : {"X-Dechunkd-Message-Id", "X-Dechunkd-Delivery-Id", "X-Dechunkd-Attempt"}) {
+    ctx_.strip_names.emplace_back(own);
+  }
+  for (const TargetConfig& t : route.targets) {
+    m.targets.push_back(t.url.text);
+    std::string head = outbound_head(&t, map_request_target(route, t.url, ctx_.remainder, ctx_.head.query));
+    head.resize(head.size() - 2);  // the final empty line: a delivery adds its fields first
+    m.target_heads.push_back(std::move(head));
+  }
+  if (route.dedupe) sub.dedupe_window_ms = route.dedupe->window.count();
+  sub.accept_status = route.accept_status;
+  sub.body.reserve(ctx_.body.size);
+  std::string* body = &sub.body;
+  if (!RequestBodyBytes(ctx_.body).visit([body](const char* p, size_t n) {
+        body->append(p, n);
+        return true;
+      })) {
+    send_error(ErrorKind::InternalError, "reading the buffered request body back failed", false);
+    return;
+  }
+  queue_waiter_ = std::make_shared<QueueWaiter>();
+  queue_waiter_->conn = this;
+  Worker* w = &worker_;
+  queue->submit(std::move(sub), [w, waiter = queue_waiter_](QueueAck ack) {
+    w->post([waiter, ack = std::move(ack)] {
+      if (waiter->conn) waiter->conn->queue_answered(ack);
+    });
+  });
+}
+
+void InboundConnection::queue_answered(const QueueAck& ack) {
+  queue_waiter_.reset();
+  if (state_ != State::Handling) return;
+  if (ack.status == 503) {
+    log_warn("route=" + ctx_.route->name + " request_id=" + ctx_.request_id + ": not queued: " + ack.error);
+    retry_after_s_ = ack.retry_after_s > 0 ? ack.retry_after_s : 1;
+    send_error(ErrorKind::Overloaded, ack.error, false);
+    return;
+  }
+  status_ = ack.status;
+  std::string body = "{\"id\":\"";
+  json_escape(body, ack.id);
+  body += "\"}";
+  std::string h = "HTTP/1.1 ";
+  append_decimal(h, static_cast<uint64_t>(status_));
+  h += ' ';
+  h += status_reason(status_);
+  h += "\r\nContent-Type: application/json\r\nContent-Length: ";
+  append_decimal(h, body.size());
+  h += "\r\n";
+  append_common_headers(h, will_close());
+  h += body;
+  out_.add(std::move(h));
+  response_started_ = true;
+  finish_response();
 }
 
 void InboundConnection::serve_echo() {
@@ -861,7 +948,11 @@ void InboundConnection::send_error(ErrorKind kind, std::string_view message, boo
   append_decimal(h, body.size());
   h += "\r\n";
   h += extra_headers_;  // Allow for a 405, WWW-Authenticate for a 401
-  if (kind == ErrorKind::Overloaded) h += "Retry-After: 1\r\n";
+  if (kind == ErrorKind::Overloaded) {
+    h += "Retry-After: ";
+    append_decimal(h, static_cast<uint64_t>(retry_after_s_));
+    h += "\r\n";
+  }
   append_common_headers(h, will_close());
   h += body;
   if (call_) call_->cancel();
@@ -964,6 +1055,7 @@ void InboundConnection::reset_request() {
   response_started_ = response_complete_ = chunked_out_ = false;
   status_ = 0;
   extra_headers_.clear();
+  retry_after_s_ = 1;
   ctx_.strip_names.clear();
   effective_ip_.clear();
   logged_ = false;

@@ -23,6 +23,13 @@
 namespace dechunkd {
 
 class ProxyCall;
+struct QueueAck;
+
+// Links a connection to its pending queue submission: the queue thread's answer is posted
+// back to the worker and finds the connection gone (conn == nullptr) if it closed meanwhile.
+struct QueueWaiter {
+  InboundConnection* conn = nullptr;
+};
 
 // The de-chunked request body: spans of read blocks while it fits in memory_buffer, then an
 // unlinked temp file in storage.dir.
@@ -115,6 +122,8 @@ class InboundConnection : public BodySink, public ExchangeSink {
   void dispatch();
   void serve_echo();
   void start_proxy();
+  void start_queue();
+  void queue_answered(const QueueAck& ack);
   // The outbound request for target (nullptr: echo, Host kept) on request_target.
   std::string outbound_head(const TargetConfig* target, std::string_view request_target) const;
   void finish_response();   // the response is fully queued; finish once written
@@ -174,6 +183,8 @@ class InboundConnection : public BodySink, public ExchangeSink {
   bool in_flight_ = false;         // counted in requests_in_flight
   bool draining_ = false;
   std::unique_ptr<ProxyCall> call_;
+  std::shared_ptr<QueueWaiter> queue_waiter_;  // while a queue submission is pending
+  int retry_after_s_ = 1;          // Retry-After of a 503 overloaded
 
   // Access log
   int64_t start_wall_ms_ = 0;

@@ -159,6 +159,14 @@ int Server::run() {
     close_all(sockets);
     return 1;
   }
+  queue_ = QueueService::create(runtime, shared_, &error);
+  if (!queue_) {
+    log_error(error);
+    close_all(sockets);
+    return 1;
+  }
+  shared_.queue = queue_.get();
+  queue_->start();
   for (unsigned i = 0; i < config_->workers; ++i) {
     workers_.push_back(std::make_unique<Worker>(i, shared_, runtime, std::move(sockets[i]), &access_sink_));
   }
@@ -176,6 +184,9 @@ int Server::run() {
   sd_notify_message("READY=1\nSTATUS=accepting connections");
   event_base_loop(base_.get(), EVLOOP_NO_EXIT_ON_EMPTY);
   for (auto& t : threads_) t.join();
+  // The workers are gone, so nothing submits any more: the queue commits the last requests,
+  // waits for its in-flight deliveries (until the drain deadline) and stops.
+  queue_->shutdown(stop_signals_ > 1);
   if (admin_) admin_->stop();
   threads_.clear();
   uint64_t cut = shared_.cut_requests.load();
@@ -209,9 +220,11 @@ void Server::on_signal(evutil_socket_t sig, short, void* arg) {
     log_info(std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") + ": draining (up to " +
              format_duration(s->config_->timeouts.drain) + ")");
     for (auto& w : s->workers_) w->request_drain();
+    s->queue_->begin_drain();
   } else {
     log_warn("second stop signal: stopping now");
     for (auto& w : s->workers_) w->request_stop();
+    s->queue_->begin_drain();
   }
 }
 
@@ -241,37 +254,55 @@ std::string Server::not_ready_reason() {
 }
 
 void Server::gather_stats(std::function<void(WorkerStats, ProcessStats)> done) {
-  // Each worker copies its own stats on its own thread; the last one hands the sum back to the
-  // main thread. Workers that have exited (drain) contribute nothing.
+  // Each worker (and the queue thread) copies its own stats on its own thread; the last one
+  // hands the sum back to the main thread. Workers that have exited (drain) contribute nothing.
   struct Gather {
     std::mutex mu;
     WorkerStats total;
+    ProcessStats process;
     size_t pending = 0;
     std::function<void(WorkerStats, ProcessStats)> done;
   };
   auto g = std::make_shared<Gather>();
   g->done = std::move(done);
-  g->pending = workers_.size();
-  ProcessStats process;
-  process.connections_active = shared_.connections.load(std::memory_order_relaxed);
-  process.reloads_success = reloads_success_;
-  process.reloads_failure = reloads_failure_;
-  if (g->pending == 0 || draining_) {
-    g->done(WorkerStats{}, process);
+  g->pending = workers_.size() + 1;
+  g->process.connections_active = shared_.connections.load(std::memory_order_relaxed);
+  g->process.reloads_success = reloads_success_;
+  g->process.reloads_failure = reloads_failure_;
+  if (draining_) {
+    g->done(WorkerStats{}, g->process);
     return;
   }
   TaskQueue* main = main_tasks_.get();
+  auto arrived = [g, main] {
+    if (--g->pending == 0) {
+      main->post([g] { g->done(std::move(g->total), std::move(g->process)); });
+    }
+  };
   for (auto& w : workers_) {
     Worker* wp = w.get();
-    wp->post([g, wp, main, process] {
+    wp->post([g, wp, arrived] {
       WorkerStats copy = wp->stats();
       std::lock_guard<std::mutex> lock(g->mu);
       g->total.add(copy);
-      if (--g->pending == 0) {
-        main->post([g, process] { g->done(std::move(g->total), process); });
-      }
+      arrived();
     });
   }
+  queue_->stats([g, arrived](QueueStats qs, WorkerStats ws) {
+    std::lock_guard<std::mutex> lock(g->mu);
+    g->total.add(ws);
+    g->process.queue = std::move(qs);
+    arrived();
+  });
+}
+
+bool Server::queue_admin(QueueAdminRequest req, std::function<void(QueueAdminReply)> done) {
+  if (draining_) return false;
+  TaskQueue* main = main_tasks_.get();
+  queue_->admin(std::move(req), [main, done = std::move(done)](QueueAdminReply r) {
+    main->post([done, r = std::move(r)]() mutable { done(std::move(r)); });
+  });
+  return true;
 }
 
 size_t Server::reload_config() {
@@ -295,6 +326,11 @@ size_t Server::reload_config() {
   if (next->storage.dir != config_->storage.dir) {
     log_warn("reload: storage.dir changed; this needs a restart (keeping " + config_->storage.dir + ")");
     next->storage.dir = config_->storage.dir;
+  }
+  if (next->storage.fsync != config_->storage.fsync || next->storage.max_queue_size != config_->storage.max_queue_size) {
+    log_warn("reload: storage.fsync or storage.max_queue_size changed; this needs a restart (keeping the running ones)");
+    next->storage.fsync = config_->storage.fsync;
+    next->storage.max_queue_size = config_->storage.max_queue_size;
   }
   if (next->admin.address != config_->admin.address) {
     log_warn("reload: admin.address changed; this needs a restart (keeping the running one)");
@@ -354,6 +390,7 @@ size_t Server::reload_config() {
       wp->remove_listeners(removed);
     });
   }
+  queue_->set_runtime(runtime);
   ++reloads_success_;
   log_info("configuration reloaded: " + std::to_string(config_->routes.size()) + " route(s)");
   return 0;

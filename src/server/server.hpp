@@ -11,6 +11,7 @@
 #include "log/access_log.hpp"
 #include "net/event.hpp"
 #include "net/task_queue.hpp"
+#include "queue/queue_service.hpp"
 #include "server/worker.hpp"
 
 namespace dechunkd {
@@ -37,6 +38,7 @@ class Server : public AdminBackend {
   std::string not_ready_reason() override;
   void gather_stats(std::function<void(WorkerStats, ProcessStats)> done) override;
   size_t reload_now() override;
+  bool queue_admin(QueueAdminRequest req, std::function<void(QueueAdminReply)> done) override;
   std::shared_ptr<const Config> config() override { return config_; }
 
   std::shared_ptr<const Config> config_;
@@ -55,6 +57,7 @@ class Server : public AdminBackend {
   uint64_t reloads_failure_ = 0;
   std::unique_ptr<TaskQueue> main_tasks_;   // closures from workers to the main thread
   std::unique_ptr<AdminServer> admin_;
+  std::unique_ptr<QueueService> queue_;     // queue mode: its own thread
 };
 
 }  // namespace dechunkd

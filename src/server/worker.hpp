@@ -21,6 +21,7 @@ namespace dechunkd {
 
 class InboundConnection;
 class UpstreamPool;
+class QueueService;
 
 // Objects that must not be freed from inside their own callbacks go through Worker::defer_delete.
 class Deferred {
@@ -32,6 +33,7 @@ class Deferred {
 struct SharedState {
   std::atomic<uint64_t> connections{0};  // inbound connections open (max_connections)
   std::atomic<uint64_t> cut_requests{0}; // requests cut by a forced stop
+  QueueService* queue = nullptr;         // queue mode; set before the workers start
 };
 
 struct ListenerSocket {

@@ -567,7 +567,7 @@ void ProxyCall::fail(ErrorKind kind, const std::string& reason) {
   state_ = State::Done;
   event_del(timer_.get());
   conn_.reset();
-  log_warn(std::string("route=") + req_.route_name + " target=" + req_.runtime->target_label(target_) +
+  if (req_.log_failures) log_warn(std::string("route=") + req_.route_name + " target=" + req_.runtime->target_label(target_) +
            " request_id=" + req_.request_id + ": " + reason + " (" + std::to_string(error_status(kind)) + " " +
            std::string(error_word(kind)) + ")");
   in_.upstream_failed(kind, reason);

@@ -108,6 +108,7 @@ struct ExchangeRequest {
   bool head_request = false;               // HEAD: the response has no body
   std::string head;                        // the complete outbound head (request line .. CRLF CRLF)
   std::function<void(OutQueue&)> add_body; // appends the body (may be called twice)
+  bool log_failures = true;                // false: the owner logs the outcome itself (queue)
 };
 
 // One request to one target: resolve, connect (or reuse), send head + body, parse the response

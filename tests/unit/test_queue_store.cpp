@@ -70,9 +70,10 @@ QueuedMessage make_msg(const std::string& id, size_t targets, const std::string&
   m.route = "audit-fanout";
   m.accepted_ms = accepted;
   m.method = "POST";
+  m.path = "/hooks/in?x=1";
   for (size_t i = 0; i < targets; ++i) {
     m.targets.push_back("http://10.0.0." + std::to_string(i) + ":8000/ingest?sig=abc");
-    m.request_targets.push_back("/ingest?sig=abc");
+    m.target_heads.push_back("POST /ingest?sig=abc HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n");
   }
   m.head_fields = "Content-Type: application/json\r\nX-Custom: v\r\n";
   m.dedupe_key = dedupe;
@@ -123,7 +124,7 @@ bool same(const Delivery& a, const Delivery& b) {
 
 bool same(const QueuedMessage& a, const QueuedMessage& b) {
   return a.id == b.id && a.route == b.route && a.accepted_ms == b.accepted_ms && a.method == b.method &&
-         a.targets == b.targets && a.request_targets == b.request_targets && a.head_fields == b.head_fields &&
+         a.targets == b.targets && a.target_heads == b.target_heads && a.path == b.path && a.head_fields == b.head_fields &&
          a.dedupe_key == b.dedupe_key && a.body_size == b.body_size;
 }
 
@@ -630,7 +631,13 @@ TEST_CASE("compaction deletes finished segments, keeps and moves pending ones, s
     }
   }
   uint64_t disk_before = s->disk_bytes();
-  const std::string first_file = segment_files(t.path)[0];  // holds C1005
+  std::string first_file;  // the segment that holds C1005's Message record
+  for (const std::string& f : segment_files(t.path)) {
+    std::ifstream in(f, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (first_file.empty() && bytes.find("C1005") != std::string::npos) first_file = f;
+  }
+  REQUIRE(!first_file.empty());
   s->compact(60'000, 1'000'000);
   CHECK(s->last_compaction().error.empty());
   CHECK(s->last_compaction().segments_deleted >= 3);  // the finished ones go at once
