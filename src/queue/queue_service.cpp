@@ -11,6 +11,7 @@
 #include <ctime>
 #include <fcntl.h>
 #include <map>
+#include <mutex>
 #include <set>
 #include <unordered_map>
 
@@ -212,6 +213,11 @@ class QueueService::Impl {
   void shutdown(bool now);
 
   void attempt_done(DeliveryAttempt* a, int status, const std::string& error, int64_t retry_after_ms);
+  // Why the queue cannot accept (readyz), empty while healthy. Any thread.
+  std::string failure() const {
+    std::lock_guard<std::mutex> lock(health_mu_);
+    return health_;
+  }
   void record_upstream(const Lane& lane, int64_t ms) {
     WorkerStats& ws = worker_->stats();
     ws.upstream(ws.route(lane.route, "queue"), lane.label).observe(static_cast<double>(ms) / 1000.0);
@@ -275,6 +281,12 @@ class QueueService::Impl {
   std::unique_ptr<Worker> worker_;
   std::unique_ptr<QueueStore> store_;
   std::string store_error_;    // why store_ is null or failed (for 503s)
+  mutable std::mutex health_mu_;
+  std::string health_;         // failure() for other threads
+  void set_health(const std::string& why) {
+    std::lock_guard<std::mutex> lock(health_mu_);
+    health_ = why;
+  }
   uint64_t corrupt_records_ = 0;
   EventPtr commit_ev_, sync_timer_, pump_ev_, housekeeping_, drain_timer_;
   std::vector<Incoming> incoming_;
@@ -503,6 +515,7 @@ void QueueService::Impl::set_runtime(std::shared_ptr<const Runtime> rt) {
     std::string error;
     if (wanted && !open_store(&error)) {
       store_error_ = error;
+      set_health(error);
       log_error(error + "; queue routes answer 503 until this is fixed and dechunkd restarted");
     }
   }
@@ -649,6 +662,7 @@ void QueueService::Impl::sync_and_release() {
                 "; accepted requests of this batch are refused with 503 and the queue stops accepting "
                 "until dechunkd is restarted");
       refuse_storage(awaiting_, "the queue store failed: " + error);
+      set_health("the queue store failed: " + error);
       return;
     }
   }
@@ -1172,6 +1186,7 @@ bool QueueService::Impl::sync_now_for_admin(QueueAdminReply* err) {
   if (!ok) {
     *err = error_reply(ErrorKind::InternalError, "the queue store failed: " + error);
     refuse_storage(awaiting_, "the queue store failed: " + error);
+    set_health("the queue store failed: " + error);
     return false;
   }
   sync_and_release();
@@ -1357,6 +1372,8 @@ void QueueService::stats(std::function<void(QueueStats, WorkerStats)> done) {
   Impl* impl = impl_.get();
   impl->worker().post([impl, d = std::move(done)] { d(impl->stats(), impl->worker().stats()); });
 }
+
+std::string QueueService::failure() const { return impl_->failure(); }
 
 void QueueService::begin_drain() {
   Impl* impl = impl_.get();

@@ -71,6 +71,8 @@ class QueueService {
   void admin(QueueAdminRequest req, std::function<void(QueueAdminReply)> done);
   // done gets the queue numbers and the queue worker's stats (delivery upstream durations).
   void stats(std::function<void(QueueStats, WorkerStats)> done);
+  // Empty while the queue can accept; else why not (GET /readyz). Thread-safe.
+  std::string failure() const;
   // SIGTERM: no new attempts; in-flight ones get until timeouts.drain.
   void begin_drain();
   // After the workers have exited: finish (in-flight deliveries until the drain deadline, or

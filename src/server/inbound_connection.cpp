@@ -804,7 +804,7 @@ void InboundConnection::queue_answered(const QueueAck& ack) {
   append_decimal(h, body.size());
   h += "\r\n";
   append_common_headers(h, will_close());
-  h += body;
+  if (ctx_.head.method != "HEAD") h += body;
   out_.add(std::move(h));
   response_started_ = true;
   finish_response();

@@ -250,6 +250,10 @@ std::string Server::not_ready_reason() {
   if (::access(config_->storage.dir.c_str(), W_OK | X_OK) != 0) {
     return "storage.dir " + config_->storage.dir + " is not writable: " + std::strerror(errno);
   }
+  if (queue_) {
+    std::string q = queue_->failure();
+    if (!q.empty()) return q;
+  }
   return "";
 }
 
