@@ -1,6 +1,8 @@
 // The SPEC 4 error table in one place, reason phrases (RFC 9110 names) and the JSON error body.
 #include "http/errors.hpp"
 
+#include <array>
+
 namespace dechunkd {
 namespace {
 
@@ -157,17 +159,24 @@ std::string_view status_reason(int status) {
   }
 }
 
+namespace {
+// Bytes copied into a JSON string as they are: printable ASCII except '"' and '\\'. A table, so
+// the run scan below costs one load and test per byte (it runs for every access-log field).
+constexpr std::array<bool, 256> make_plain() {
+  std::array<bool, 256> t{};
+  for (int c = 0x20; c < 0x7f; ++c) t[static_cast<size_t>(c)] = c != '"' && c != '\\';
+  return t;
+}
+constexpr std::array<bool, 256> kPlain = make_plain();
+}  // namespace
+
 void json_escape(std::string& out, std::string_view s) {
   static constexpr char kHex[] = "0123456789abcdef";
   size_t i = 0;
   while (i < s.size()) {
     // Runs of plain printable ASCII (almost everything in a log line) are copied in one append.
     size_t run = i;
-    while (run < s.size()) {
-      const auto r = static_cast<unsigned char>(s[run]);
-      if (r < 0x20 || r >= 0x7f || r == '"' || r == '\\') break;
-      ++run;
-    }
+    while (run < s.size() && kPlain[static_cast<unsigned char>(s[run])]) ++run;
     if (run > i) {
       out.append(s.data() + i, run - i);
       i = run;

@@ -1,6 +1,7 @@
-// Strict request-head checks (SPEC 4 and 11). One byte walk, HeadWalker, serves both entry
-// points: scan_request_head runs it over the bytes received so far, parse_request_head over a
-// complete head. Sharing the walk is what keeps the two verdicts the same for the same bytes.
+// Strict request-head checks (SPEC 4 and 11). One byte walk, HeadWalker, serves every entry
+// point: scan_request_head runs it over the bytes received so far, parse_request_head over a
+// complete head, read_request_head does both with one walk. Sharing the walk is what keeps the
+// verdicts the same for the same bytes.
 //
 // Verdicts are ranked as SPEC 11 orders them once a head is complete:
 //   R1 request-line syntax 400, R2 version 505, R3 field syntax 400 (bare CR/LF, controls,
@@ -220,60 +221,89 @@ struct FieldFacts {
   bool expect_continue = false;
   bool expect_other = false;
 
+  // The names are told apart by length first (they all differ): most fields cost one switch
+  // and no compare. This runs for every field of every request.
   void add(std::string_view name, std::string_view value) {
-    if (iequals(name, "content-length")) {
-      ++cl_fields;
-      if (value.find(',') != npos) {
-        cl_list = true;
+    switch (name.size()) {
+      case 14:
+        if (iequals(name, "content-length")) add_content_length(value);
+        return;
+      case 17:
+        if (iequals(name, "transfer-encoding")) add_transfer_encoding(value);
+        return;
+      case 4:
+        if (iequals(name, "host")) {
+          ++host_fields;
+          host = value;
+        }
+        return;
+      case 10:
+        if (iequals(name, "connection")) add_connection(value);
+        return;
+      case 7:
+        if (iequals(name, "upgrade")) has_upgrade = true;
+        return;
+      case 6:
+        if (iequals(name, "expect")) add_expect(value);
+        return;
+      default:
+        return;
+    }
+  }
+
+  void add_content_length(std::string_view value) {
+    ++cl_fields;
+    if (value.find(',') != npos) {
+      cl_list = true;
+      return;
+    }
+    if (value.empty()) cl_invalid = true;
+    uint64_t v = 0;
+    for (char c : value) {
+      if (!is_digit(c)) {
+        cl_invalid = true;
         return;
       }
-      if (value.empty()) cl_invalid = true;
-      uint64_t v = 0;
-      for (char c : value) {
-        if (!is_digit(c)) {
-          cl_invalid = true;
-          return;
-        }
-        const auto d = static_cast<uint64_t>(c - '0');
-        if (v > (UINT64_MAX - d) / 10) {
-          cl_overflow = true;
-          return;
-        }
-        v = v * 10 + d;
+      const auto d = static_cast<uint64_t>(c - '0');
+      if (v > (UINT64_MAX - d) / 10) {
+        cl_overflow = true;
+        return;
       }
-      cl_value = v;
-    } else if (iequals(name, "transfer-encoding")) {
-      ++te_fields;
-      for_each_element(value, [this](std::string_view e) {
-        if (e.empty()) {
-          te_empty = true;
-        } else if (iequals(e, "chunked")) {
-          if (te_chunked > 0) te_after_chunked = true;
-          ++te_chunked;
-        } else {
-          if (te_chunked > 0) te_after_chunked = true;
-          if (valid_transfer_coding(e)) te_other = true;
-          else te_malformed = true;
-        }
-      });
-    } else if (iequals(name, "host")) {
-      ++host_fields;
-      host = value;
-    } else if (iequals(name, "connection")) {
-      for_each_element(value, [this](std::string_view e) {
-        if (iequals(e, "close")) conn_close = true;
-        else if (iequals(e, "keep-alive")) conn_keep_alive = true;
-        else if (iequals(e, "upgrade")) conn_upgrade = true;
-      });
-    } else if (iequals(name, "upgrade")) {
-      has_upgrade = true;
-    } else if (iequals(name, "expect")) {
-      for_each_element(value, [this](std::string_view e) {
-        if (e.empty()) return;  // an empty list element is no expectation (RFC 9110 5.6.1)
-        if (iequals(e, "100-continue")) expect_continue = true;
-        else expect_other = true;
-      });
+      v = v * 10 + d;
     }
+    cl_value = v;
+  }
+
+  void add_transfer_encoding(std::string_view value) {
+    ++te_fields;
+    for_each_element(value, [this](std::string_view e) {
+      if (e.empty()) {
+        te_empty = true;
+      } else if (iequals(e, "chunked")) {
+        if (te_chunked > 0) te_after_chunked = true;
+        ++te_chunked;
+      } else {
+        if (te_chunked > 0) te_after_chunked = true;
+        if (valid_transfer_coding(e)) te_other = true;
+        else te_malformed = true;
+      }
+    });
+  }
+
+  void add_connection(std::string_view value) {
+    for_each_element(value, [this](std::string_view e) {
+      if (iequals(e, "close")) conn_close = true;
+      else if (iequals(e, "keep-alive")) conn_keep_alive = true;
+      else if (iequals(e, "upgrade")) conn_upgrade = true;
+    });
+  }
+
+  void add_expect(std::string_view value) {
+    for_each_element(value, [this](std::string_view e) {
+      if (e.empty()) return;  // an empty list element is no expectation (RFC 9110 5.6.1)
+      if (iequals(e, "100-continue")) expect_continue = true;
+      else expect_other = true;
+    });
   }
 
   // R4, in SPEC 11 order: CL+TE first, then TE in 1.0, Content-Length, then the coding rules.
@@ -511,18 +541,6 @@ void reset(RequestHead* h) {
 
 }  // namespace
 
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    char x = a[i];
-    char y = b[i];
-    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x + ('a' - 'A'));
-    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y + ('a' - 'A'));
-    if (x != y) return false;
-  }
-  return true;
-}
-
 HeadProgress scan_request_head(std::string_view buf, const HeadLimits& lim, size_t* head_len,
                                HeadError* error) {
   HeadWalker w(buf, lim, nullptr);
@@ -551,16 +569,13 @@ HeadProgress scan_request_head(std::string_view buf, const HeadLimits& lim, size
   return p;
 }
 
-std::optional<HeadError> parse_request_head(std::string_view raw, const HeadLimits& lim,
-                                            RequestHead* out) {
-  RequestHead scratch;
-  RequestHead* h = out != nullptr ? out : &scratch;
-  reset(h);
-  h->raw = raw;
+namespace {
 
-  HeadWalker w(raw, lim, &h->fields);
-  const WalkEnd end = w.run();
-
+// The complete-head verdicts and the RequestHead, from a walk over a complete head `raw`
+// (already in h->raw, fields collected into h->fields). Shared by parse_request_head and
+// read_request_head, so the two give the same answer for the same head.
+std::optional<HeadError> finish_parse(const HeadWalker& w, WalkEnd end, std::string_view raw,
+                                      RequestHead* h) {
   // Whatever the verdict, report the request line as far as it is known (for logs).
   h->method = w.method;
   h->target = w.target;
@@ -613,6 +628,46 @@ std::optional<HeadError> parse_request_head(std::string_view raw, const HeadLimi
   h->has_host = f.host_fields == 1;
   h->host = f.host;
   return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<HeadError> parse_request_head(std::string_view raw, const HeadLimits& lim,
+                                            RequestHead* out) {
+  RequestHead scratch;
+  RequestHead* h = out != nullptr ? out : &scratch;
+  reset(h);
+  h->raw = raw;
+  HeadWalker w(raw, lim, &h->fields);
+  const WalkEnd end = w.run();
+  return finish_parse(w, end, raw, h);
+}
+
+HeadProgress read_request_head(std::string_view buf, const HeadLimits& lim, size_t* head_len,
+                               HeadError* error, RequestHead* out,
+                               std::optional<HeadError>* parse_error) {
+  reset(out);
+  // The walk stops at the empty line that ends the head and never looks past it, so walking
+  // buf gives exactly the walk parse_request_head does over buf.substr(0, head_len).
+  HeadWalker w(buf, lim, &out->fields);
+  const WalkEnd end = w.run();
+  if (end == WalkEnd::Complete) {
+    *head_len = w.head_len;
+    const std::string_view raw = buf.substr(0, w.head_len);
+    out->raw = raw;
+    *parse_error = finish_parse(w, end, raw, out);
+    return HeadProgress::Complete;
+  }
+  reset(out);  // as scan_request_head leaves it: nothing parsed yet
+  if (end == WalkEnd::Failed) {
+    *error = w.error;
+    return HeadProgress::Error;
+  }
+  if (auto e = limit_verdict(w)) {
+    *error = *e;
+    return HeadProgress::Error;
+  }
+  return HeadProgress::NeedMore;
 }
 
 }  // namespace dechunkd

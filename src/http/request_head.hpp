@@ -88,7 +88,27 @@ HeadProgress scan_request_head(std::string_view buf, const HeadLimits& lim, size
 std::optional<HeadError> parse_request_head(std::string_view raw, const HeadLimits& lim,
                                             RequestHead* out);
 
-// Case-insensitive ASCII comparison for header names and tokens.
-bool iequals(std::string_view a, std::string_view b);
+// scan_request_head and, once the head is complete, parse_request_head of it in one walk (the
+// connection's path: the head is walked once, not twice). NeedMore and Error are exactly what
+// scan_request_head answers (*out then holds no request line). On Complete, *head_len is set,
+// *out and *parse_error are what parse_request_head(buf.substr(0, *head_len)) gives; *out's
+// views point into buf, and bytes after the head are never read.
+HeadProgress read_request_head(std::string_view buf, const HeadLimits& lim, size_t* head_len,
+                               HeadError* error, RequestHead* out,
+                               std::optional<HeadError>* parse_error);
+
+// Case-insensitive ASCII comparison for header names and tokens. Inline: it runs for many
+// fields of every request and message, mostly to be answered by the size check.
+inline bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    char x = a[i];
+    char y = b[i];
+    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x + ('a' - 'A'));
+    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y + ('a' - 'A'));
+    if (x != y) return false;
+  }
+  return true;
+}
 
 }  // namespace dechunkd

@@ -71,7 +71,7 @@ void AccessLogSink::write(std::string_view data) {
 void AccessLog::append(const AccessRecord& r) {
   if (!enabled()) return;
   buf_ += "{\"time\":\"";
-  buf_ += format_rfc3339_ms(r.time_ms);
+  append_rfc3339_ms(buf_, r.time_ms);
   buf_ += "\",";
   append_str(buf_, "request_id", r.request_id);
   buf_ += ',';

@@ -45,6 +45,12 @@ int64_t wall_clock_ms() {
 }
 
 std::string format_rfc3339_ms(int64_t unix_ms) {
+  std::string out;
+  append_rfc3339_ms(out, unix_ms);
+  return out;
+}
+
+void append_rfc3339_ms(std::string& out, int64_t unix_ms) {
   time_t secs = static_cast<time_t>(unix_ms / 1000);
   int ms = static_cast<int>(unix_ms % 1000);
   // The date and time change once a second: formatted once per second and thread (the access
@@ -58,13 +64,10 @@ std::string format_rfc3339_ms(int64_t unix_ms) {
     cached_len = strftime(cached, sizeof cached, "%Y-%m-%dT%H:%M:%S", &t);
     cached_secs = secs;
   }
-  std::string out(cached, cached_len);
-  out += '.';
-  out += static_cast<char>('0' + ms / 100);
-  out += static_cast<char>('0' + ms / 10 % 10);
-  out += static_cast<char>('0' + ms % 10);
-  out += 'Z';
-  return out;
+  const char frac[5] = {'.', static_cast<char>('0' + ms / 100), static_cast<char>('0' + ms / 10 % 10),
+                        static_cast<char>('0' + ms % 10), 'Z'};
+  out.append(cached, cached_len);
+  out.append(frac, sizeof frac);
 }
 
 void Log::init_from_environment() {

@@ -63,6 +63,16 @@ void OutQueue::add_span(const Span& s) {
   pieces_.push_back(std::move(p));
 }
 
+void OutQueue::add_borrowed(const char* data, size_t n) {
+  if (n == 0) return;
+  bytes_ += n;
+  Piece p;
+  p.kind = Piece::Ref;
+  p.ptr = data;
+  p.len = n;
+  pieces_.push_back(std::move(p));
+}
+
 void OutQueue::add_file(int fd, off_t offset, uint64_t len) {
   if (len == 0) return;
   bytes_ += len;

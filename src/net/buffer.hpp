@@ -83,6 +83,9 @@ class OutQueue {
   void add(std::string&& s);
   void add_copy(const char* p, size_t n);
   void add_span(const Span& s);
+  // Bytes the caller keeps alive and unchanged until they are written or the queue is cleared
+  // (a buffer the caller reuses, such as a call's outbound head): queued without a copy.
+  void add_borrowed(const char* p, size_t n);
   void add_file(int fd, off_t offset, uint64_t len);  // fd must stay open until written
   size_t pending() const { return bytes_; }
   bool empty() const { return pieces_.empty(); }
@@ -98,7 +101,7 @@ class OutQueue {
   struct Piece {
     enum Kind { Mem, Ref, File } kind = Mem;
     std::string mem;       // Mem
-    BlockRef block;        // Ref
+    BlockRef block;        // Ref (empty for borrowed bytes)
     const char* ptr = nullptr;
     size_t len = 0;        // Mem/Ref: remaining bytes from ptr (Mem: offset via ptr)
     int fd = -1;           // File

@@ -316,7 +316,8 @@ class DeliveryAttempt : public ExchangeSink, public Deferred {
     req.add_body = [body](OutQueue& q) {
       if (!body->empty()) q.add_copy(body->data(), body->size());
     };
-    call_ = std::make_unique<ProxyCall>(w, *this, std::move(req));
+    call_ = std::make_unique<ProxyCall>(w, *this);
+    call_->prepare() = std::move(req);
     call_->start();
   }
   void cancel() {

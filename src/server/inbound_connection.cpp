@@ -123,7 +123,7 @@ void InboundConnection::start() {
 }
 
 void InboundConnection::reject_overloaded() {
-  ctx_.request_id = worker_.new_request_id();
+  worker_.new_request_id(ctx_.request_id);
   close_after_ = true;
   send_error(ErrorKind::Overloaded, "the gateway has reached limits.max_connections; retry shortly", true);
 }
@@ -337,32 +337,42 @@ bool InboundConnection::process_head_bytes(const BlockRef&, const char* p, size_
     ++worker_.stats().requests_in_flight;
     start_ = std::chrono::steady_clock::now();
     start_wall_ms_ = wall_clock_ms();
-    if (!first_request_) arm_timer(config().timeouts.header);
+    // The header timer starts with the request's first byte (the first request's at accept). It
+    // is armed below only if this read leaves the head incomplete: every other outcome re-arms
+    // or stops the timer in this same callback, so arming it first would be a wasted update.
+    header_timer_due_ = !first_request_;
   }
   size_t old = head_buf_.size();
   head_buf_.append(p, n);
   size_t head_len = 0;
   HeadError err{ErrorKind::BadRequest, ""};
-  HeadProgress prog = scan_request_head(head_buf_, ctx_.runtime->head_limits, &head_len, &err);
+  std::optional<HeadError> bad;
+  // One walk: the scan and, once the head is complete, the strict parse into ctx_.head.
+  HeadProgress prog = read_request_head(head_buf_, ctx_.runtime->head_limits, &head_len, &err, &ctx_.head, &bad);
   if (prog == HeadProgress::NeedMore) {
+    if (header_timer_due_) {
+      header_timer_due_ = false;
+      arm_timer(config().timeouts.header);
+    }
     *used = n;
     return true;
   }
+  header_timer_due_ = false;
   if (prog == HeadProgress::Error) {
-    ctx_.request_id = worker_.new_request_id();
+    worker_.new_request_id(ctx_.request_id);
     send_error(err.kind, err.message, true);
     return false;
   }
   // Bytes past the head belong to the body (or the next request): leave them in the block.
   *used = head_len - old;
+  // Shrinking a string never reallocates: the views in ctx_.head stay valid.
   head_buf_.resize(head_len);
-  head_complete();
+  head_complete(bad);
   return state_ != State::Closing && state_ != State::Closed;
 }
 
-void InboundConnection::head_complete() {
+void InboundConnection::head_complete(const std::optional<HeadError>& bad) {
   RequestHead& head = ctx_.head;
-  auto bad = parse_request_head(head_buf_, ctx_.runtime->head_limits, &head);
   // A request id is needed for any answer, so settle it first.
   ctx_.request_id_generated = true;
   if (!bad) {
@@ -391,7 +401,7 @@ void InboundConnection::head_complete() {
       }
     }
   }
-  if (ctx_.request_id_generated) ctx_.request_id = worker_.new_request_id();
+  if (ctx_.request_id_generated) worker_.new_request_id(ctx_.request_id);
   if (bad) {
     send_error(bad->kind, bad->message, true);
     return;
@@ -689,7 +699,8 @@ void InboundConnection::dispatch() {
   }
 }
 
-std::string InboundConnection::outbound_head(const TargetConfig* target, std::string_view request_target) const {
+void InboundConnection::outbound_head(const TargetConfig* target, std::string_view request_target,
+                                      std::string& out) const {
   std::vector<HeaderField> trailer_fields;
   for (auto& t : ctx_.trailers) trailer_fields.push_back(HeaderField{t.first, t.second});
   OutboundInput in;
@@ -704,24 +715,23 @@ std::string InboundConnection::outbound_head(const TargetConfig* target, std::st
   in.trailers = &trailer_fields;
   in.body_length = ctx_.body.size;
   for (const std::string& n : ctx_.strip_names) in.strip_names.push_back(n);
-  std::string out;
-  out.reserve(512 + ctx_.head.raw.size());
+  out.reserve(out.size() + 512 + ctx_.head.raw.size());
   build_outbound_head(in, out);
-  return out;
 }
 
 void InboundConnection::start_proxy() {
   const TargetConfig& target = ctx_.route->targets.front();
-  ExchangeRequest req;
+  // One call per connection, reused request after request (its buffers with it).
+  if (!call_) call_ = std::make_unique<ProxyCall>(worker_, *this);
+  ExchangeRequest& req = call_->prepare();
   req.runtime = ctx_.runtime;
   req.target = &target;
-  req.route_name = ctx_.route->name;
-  req.request_id = ctx_.request_id;
+  req.route_name.assign(ctx_.route->name);
+  req.request_id.assign(ctx_.request_id);
   req.head_request = ctx_.head.method == "HEAD";
-  req.head = outbound_head(&target, map_request_target(*ctx_.route, target.url, ctx_.remainder, ctx_.head.query));
+  outbound_head(&target, map_request_target(*ctx_.route, target.url, ctx_.remainder, ctx_.head.query), req.head);
   const RequestBody* body = &ctx_.body;  // lives as long as this request, which outlives the call
   req.add_body = [body](OutQueue& q) { body->add_to(q); };
-  call_ = std::make_unique<ProxyCall>(worker_, *this, std::move(req));
   call_->start();
 }
 
@@ -758,7 +768,8 @@ void InboundConnection::start_queue() {
   }
   for (const TargetConfig& t : route.targets) {
     m.targets.push_back(t.url.text);
-    std::string head = outbound_head(&t, map_request_target(route, t.url, ctx_.remainder, ctx_.head.query));
+    std::string head;
+    outbound_head(&t, map_request_target(route, t.url, ctx_.remainder, ctx_.head.query), head);
     head.resize(head.size() - 2);  // the final empty line: a delivery adds its fields first
     m.target_heads.push_back(std::move(head));
   }
@@ -811,7 +822,8 @@ void InboundConnection::queue_answered(const QueueAck& ack) {
 }
 
 void InboundConnection::serve_echo() {
-  std::string echo = outbound_head(nullptr, ctx_.head.target);
+  std::string echo;
+  outbound_head(nullptr, ctx_.head.target, echo);
   status_ = 200;
   std::string h = "HTTP/1.1 200 OK\r\nContent-Type: message/http\r\nContent-Length: ";
   append_decimal(h, echo.size() + ctx_.body.size);
@@ -935,7 +947,7 @@ void InboundConnection::upstream_failed(ErrorKind kind, const std::string& reaso
 void InboundConnection::send_error(ErrorKind kind, std::string_view message, bool close) {
   if (state_ == State::Closed || state_ == State::Closing) return;
   if (close) close_after_ = true;
-  if (ctx_.request_id.empty()) ctx_.request_id = worker_.new_request_id();
+  if (ctx_.request_id.empty()) worker_.new_request_id(ctx_.request_id);
   status_ = error_status(kind);
   std::string body = error_body(kind, message, ctx_.request_id);
   std::string h;
@@ -1013,7 +1025,9 @@ void InboundConnection::flush_output() {
 
 void InboundConnection::request_done() {
   account_request();
-  if (call_) worker_.defer_delete(std::move(call_));
+  // The call is kept for the connection's next request; it lets go of this one's resources.
+  // (It may be inside its own callback here: release() frees nothing it still uses.)
+  if (call_) call_->release();
   if (close_after_ || draining_ || peer_eof_) {
     begin_close();
     return;

@@ -115,7 +115,7 @@ class InboundConnection : public BodySink, public ExchangeSink {
   void handle_timeout();
   void process(BlockRef block, const char* p, size_t n);
   bool process_head_bytes(const BlockRef& block, const char* p, size_t n, size_t* used);
-  void head_complete();
+  void head_complete(const std::optional<HeadError>& bad);  // bad: the strict parser's verdict
   bool process_body_bytes(const BlockRef& block, const char* p, size_t n, size_t* used);
   void body_complete();
   bool spill(const char** why);
@@ -124,8 +124,8 @@ class InboundConnection : public BodySink, public ExchangeSink {
   void start_proxy();
   void start_queue();
   void queue_answered(const QueueAck& ack);
-  // The outbound request for target (nullptr: echo, Host kept) on request_target.
-  std::string outbound_head(const TargetConfig* target, std::string_view request_target) const;
+  // Appends the outbound request for target (nullptr: echo, Host kept) on request_target to out.
+  void outbound_head(const TargetConfig* target, std::string_view request_target, std::string& out) const;
   void finish_response();   // the response is fully queued; finish once written
   void request_done();      // the response is written: log, reset, next request
   void reset_request();
@@ -163,6 +163,7 @@ class InboundConnection : public BodySink, public ExchangeSink {
   std::string head_buf_;          // the head being accumulated (heads are small, copied once)
   bool request_bytes_seen_ = false;  // a byte of the current request arrived (header timer)
   bool first_request_ = true;
+  bool header_timer_due_ = false;  // the header timer is to be armed if the head stays incomplete
   bool peer_eof_ = false;
   BlockRef feed_block_;           // the block whose bytes the codec is decoding
   RequestCodec codec_;
@@ -182,7 +183,7 @@ class InboundConnection : public BodySink, public ExchangeSink {
   bool logged_ = false;            // the request was counted and logged
   bool in_flight_ = false;         // counted in requests_in_flight
   bool draining_ = false;
-  std::unique_ptr<ProxyCall> call_;
+  std::unique_ptr<ProxyCall> call_;  // created by the first proxied request, then reused
   std::shared_ptr<QueueWaiter> queue_waiter_;  // while a queue submission is pending
   int retry_after_s_ = 1;          // Retry-After of a 503 overloaded
 

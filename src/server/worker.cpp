@@ -211,10 +211,10 @@ void Worker::on_drain_timeout(evutil_socket_t, short, void* arg) {
   w->maybe_finish_drain();
 }
 
-std::string Worker::new_request_id() {
+void Worker::new_request_id(std::string& id) {
   // xorshift128+: fast and unpredictable enough for correlation ids (not a secret).
   static constexpr char kHex[] = "0123456789abcdef";
-  std::string id(32, '0');
+  id.assign(32, '0');
   for (int half = 0; half < 2; ++half) {
     uint64_t s1 = id_state_[0];
     const uint64_t s0 = id_state_[1];
@@ -227,7 +227,6 @@ std::string Worker::new_request_id() {
       v >>= 4;
     }
   }
-  return id;
 }
 
 }  // namespace dechunkd

@@ -74,7 +74,8 @@ class Worker {
   unsigned index() const { return index_; }
   bool draining() const { return draining_; }
 
-  std::string new_request_id();
+  // Replaces id with a new request id (in place: a connection's id buffer is reused).
+  void new_request_id(std::string& id);
   void defer_delete(std::unique_ptr<Deferred> obj);
   void connection_closed(InboundConnection* c);  // c's owner moves it to the graveyard
 

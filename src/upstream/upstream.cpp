@@ -151,13 +151,36 @@ struct ProxyCall::DnsRequest {
   }
 };
 
-ProxyCall::ProxyCall(Worker& w, ExchangeSink& sink, ExchangeRequest&& req)
-    : worker_(w), in_(sink), req_(std::move(req)), target_(*req_.target) {
-  key_ = req_.runtime->pool_key(target_);
+ProxyCall::ProxyCall(Worker& w, ExchangeSink& sink) : worker_(w), in_(sink) {
   timer_.reset(event_new(w.base(), -1, 0, on_timer, this));
 }
 
 ProxyCall::~ProxyCall() { cancel(); }
+
+ExchangeRequest& ProxyCall::prepare() {
+  release();
+  out_.clear();  // before req_.head changes: the queue may still point into it
+  req_.target = nullptr;
+  req_.route_name.clear();
+  req_.request_id.clear();
+  req_.head_request = false;
+  req_.head.clear();
+  target_ = nullptr;
+  tunnel_buf_.clear();
+  addrs_.clear();
+  next_addr_ = 0;
+  last_connect_error_.clear();
+  resent_ = head_relayed_ = reading_paused_ = false;
+  return req_;
+}
+
+void ProxyCall::release() {
+  cancel();
+  out_.clear();
+  cur_block_.reset();
+  req_.runtime.reset();
+  req_.add_body = nullptr;
+}
 
 void ProxyCall::cancel() {
   if (dns_) {
@@ -172,16 +195,19 @@ void ProxyCall::cancel() {
 }
 
 milliseconds ProxyCall::connect_timeout() const {
-  return target_.connect_timeout ? *target_.connect_timeout : req_.runtime->config->timeouts.upstream_connect;
+  return target_->connect_timeout ? *target_->connect_timeout : req_.runtime->config->timeouts.upstream_connect;
 }
 
 milliseconds ProxyCall::response_timeout() const {
-  return target_.timeout ? *target_.timeout : req_.runtime->config->timeouts.upstream_response;
+  return target_->timeout ? *target_->timeout : req_.runtime->config->timeouts.upstream_response;
 }
 
 void ProxyCall::arm(milliseconds d) { arm_timer(timer_.get(), d); }
 
 void ProxyCall::start() {
+  target_ = req_.target;
+  key_.assign(req_.runtime->pool_key(*target_));  // keeps the buffer of the previous call
+  state_ = State::Resolving;
   started_ = std::chrono::steady_clock::now();
   conn_ = worker_.upstreams().take(key_);
   if (conn_) {
@@ -196,7 +222,7 @@ void ProxyCall::connect_fresh() {
   state_ = State::Resolving;
   arm(connect_timeout());
   // With an egress proxy, TCP goes to the proxy; the target is named in CONNECT.
-  const Url& hop = target_.proxy ? *target_.proxy : target_.url;
+  const Url& hop = target_->proxy ? *target_->proxy : target_->url;
   // Address literals skip DNS; names are resolved again for each new connection (SPEC 4).
   sockaddr_storage ss{};
   socklen_t len = 0;
@@ -234,7 +260,7 @@ void ProxyCall::connect_fresh() {
 void ProxyCall::resolved(int err, std::vector<sockaddr_storage> addrs) {
   if (state_ != State::Resolving) return;
   if (err != 0 || addrs.empty()) {
-    const Url& hop = target_.proxy ? *target_.proxy : target_.url;
+    const Url& hop = target_->proxy ? *target_->proxy : target_->url;
     fail(ErrorKind::BadGateway, std::string("cannot resolve ") + hop.host + ": " + evutil_gai_strerror(err));
     return;
   }
@@ -279,12 +305,12 @@ void ProxyCall::connect_next() {
 }
 
 void ProxyCall::connected() {
-  if (target_.proxy) {
+  if (target_->proxy) {
     // HTTP CONNECT tunnel through the egress proxy, then TLS (or plain HTTP) inside it.
     state_ = State::Tunneling;
-    std::string authority = target_.url.host.find(':') != std::string::npos
-                                ? "[" + target_.url.host + "]:" + std::to_string(target_.url.port)
-                                : target_.url.host + ":" + std::to_string(target_.url.port);
+    std::string authority = target_->url.host.find(':') != std::string::npos
+                                ? "[" + target_->url.host + "]:" + std::to_string(target_->url.port)
+                                : target_->url.host + ":" + std::to_string(target_->url.port);
     out_.clear();
     out_.add("CONNECT " + authority + " HTTP/1.1\r\nHost: " + authority + "\r\n\r\n");
     int err = 0;
@@ -339,8 +365,8 @@ void ProxyCall::tunnel_readable() {
 }
 
 bool ProxyCall::start_tls() {
-  SSL_CTX* ctx = req_.runtime->client_ctx(target_);
-  if (!target_.url.tls) return true;
+  SSL_CTX* ctx = req_.runtime->client_ctx(*target_);
+  if (!target_->url.tls) return true;
   if (!ctx) {
     fail(ErrorKind::BadGateway, "no TLS context for this target");
     return false;
@@ -350,12 +376,12 @@ bool ProxyCall::start_tls() {
     fail(ErrorKind::BadGateway, "cannot create a TLS session: " + tls_error_string(nullptr));
     return false;
   }
-  const std::string& name = target_.tls.server_name.empty() ? target_.url.host : target_.tls.server_name;
+  const std::string& name = target_->tls.server_name.empty() ? target_->url.host : target_->tls.server_name;
   in6_addr a6;
   in_addr a4;
   bool literal = inet_pton(AF_INET, name.c_str(), &a4) == 1 || inet_pton(AF_INET6, name.c_str(), &a6) == 1;
   if (!literal) SSL_set_tlsext_host_name(tls->ssl(), name.c_str());  // SNI is for names only
-  if (target_.tls.verify) {
+  if (target_->tls.verify) {
     // The certificate must name the host (or the address for IP literals).
     if (literal) {
       X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(tls->ssl()), name.c_str());
@@ -370,16 +396,19 @@ bool ProxyCall::start_tls() {
 void ProxyCall::send_request() {
   state_ = State::Sending;
   out_.clear();
-  std::string head = req_.head;
-  out_.add(std::move(head));
+  // req_.head is kept for a resend and does not change while out_ refers to it (prepare()
+  // clears out_ first): it is queued by reference, not copied.
+  out_.add_borrowed(req_.head.data(), req_.head.size());
   if (req_.add_body) req_.add_body(out_);
   resp_.reset(req_.head_request, this);
   conn_->want_read(true);
-  arm(req_.runtime->config->timeouts.send);
-  flush_request();
+  // timeouts.send is armed by flush_request only if the target does not take the request at
+  // once; a small request usually goes out whole and the timer moves straight to the response
+  // timeout (one timer update per request fewer).
+  flush_request(true);
 }
 
-void ProxyCall::flush_request() {
+void ProxyCall::flush_request(bool first) {
   int err = 0;
   size_t before = out_.pending();
   IoStatus st = conn_->transport().flush(out_, &err);
@@ -394,7 +423,7 @@ void ProxyCall::flush_request() {
   }
   if (st == IoStatus::WouldBlock) {
     conn_->want_write(true);
-    if (out_.pending() != before) arm(req_.runtime->config->timeouts.send);
+    if (first || out_.pending() != before) arm(req_.runtime->config->timeouts.send);
     return;
   }
   conn_->want_write(false);
@@ -439,7 +468,7 @@ bool ProxyCall::try_resend(const char* why) {
   // once, on a fresh connection: the target cannot have acted on the request (SPEC 4).
   if (!conn_ || !conn_->reused || resent_ || resp_.any_byte_seen()) return false;
   resent_ = true;
-  log_debug(std::string("route=") + req_.route_name + " target=" + req_.runtime->target_label(target_) +
+  log_debug(std::string("route=") + req_.route_name + " target=" + req_.runtime->target_label(*target_) +
             " request_id=" + req_.request_id + ": pooled connection was closed (" + why + "), resending on a new one");
   conn_.reset();
   connect_fresh();
@@ -556,7 +585,7 @@ void ProxyCall::finish_success() {
   state_ = State::Done;
   if (reusable) {
     conn_->reused = false;
-    worker_.upstreams().give(std::move(conn_), target_.idle_timeout, target_.max_idle);
+    worker_.upstreams().give(std::move(conn_), target_->idle_timeout, target_->max_idle);
   }
   conn_.reset();
   in_.relay_end();
@@ -567,7 +596,7 @@ void ProxyCall::fail(ErrorKind kind, const std::string& reason) {
   state_ = State::Done;
   event_del(timer_.get());
   conn_.reset();
-  if (req_.log_failures) log_warn(std::string("route=") + req_.route_name + " target=" + req_.runtime->target_label(target_) +
+  if (req_.log_failures) log_warn(std::string("route=") + req_.route_name + " target=" + req_.runtime->target_label(*target_) +
            " request_id=" + req_.request_id + ": " + reason + " (" + std::to_string(error_status(kind)) + " " +
            std::string(error_word(kind)) + ")");
   in_.upstream_failed(kind, reason);

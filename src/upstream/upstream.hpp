@@ -111,14 +111,24 @@ struct ExchangeRequest {
   bool log_failures = true;                // false: the owner logs the outcome itself (queue)
 };
 
-// One request to one target: resolve, connect (or reuse), send head + body, parse the response
-// and hand it to the sink. Owned by its sink's owner.
+// One request to one target at a time: resolve, connect (or reuse), send head + body, parse the
+// response and hand it to the sink. Owned by its sink's owner and reused for the sink's next
+// request (prepare() + start() again once the previous call is done or cancelled): the timer,
+// the output queue, the response parser and the outbound head's buffer are then allocated once
+// per client connection instead of once per request.
 class ProxyCall : public UpstreamHandler, public BodySink, public Deferred {
  public:
-  ProxyCall(Worker& w, ExchangeSink& sink, ExchangeRequest&& req);
+  ProxyCall(Worker& w, ExchangeSink& sink);
   ~ProxyCall() override;
+  // The request to fill before start(): the previous request's fields, emptied, so their
+  // buffers are reused. Only while no call is running (new, done or cancelled).
+  ExchangeRequest& prepare();
   void start();
   void cancel();          // the client went away or the worker stops: drop the connection
+  // The sink is done with this call: drop what it still holds (the read block, request bytes
+  // not sent, the config snapshot), so an idle client connection pins none of it. Safe from
+  // inside the call's own callbacks: nothing is freed that the call touches afterwards.
+  void release();
   void client_drained();  // the client's output drained: read the target again
 
   void upstream_readable(UpstreamConn& c) override;
@@ -145,7 +155,7 @@ class ProxyCall : public UpstreamHandler, public BodySink, public Deferred {
   void tunnel_readable();
   bool start_tls();
   void send_request();
-  void flush_request();
+  void flush_request(bool first = false);  // first: the first write of the request
   void read_response();
   bool try_resend(const char* why);
   void fail(ErrorKind kind, const std::string& reason);
@@ -157,7 +167,7 @@ class ProxyCall : public UpstreamHandler, public BodySink, public Deferred {
   Worker& worker_;
   ExchangeSink& in_;
   ExchangeRequest req_;
-  const TargetConfig& target_;
+  const TargetConfig* target_ = nullptr;  // req_.target, set by start()
   std::string key_;
   State state_ = State::Resolving;
   std::unique_ptr<UpstreamConn> conn_;

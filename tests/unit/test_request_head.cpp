@@ -636,6 +636,62 @@ TEST_CASE("iequals") {
   CHECK_FALSE(dechunkd::iequals("[", "{"));
 }
 
+namespace {
+
+// read_request_head (the connection's one-walk path) must answer exactly what scan_request_head
+// followed by parse_request_head of the delimited head answers, whatever follows the head.
+void check_read_matches_scan_and_parse(std::string_view buf, const HeadLimits& lim) {
+  size_t scan_len = 0;
+  HeadError scan_err{ErrorKind::InternalError, ""};
+  const HeadProgress scan = dechunkd::scan_request_head(buf, lim, &scan_len, &scan_err);
+
+  size_t read_len = 0;
+  HeadError read_err{ErrorKind::InternalError, ""};
+  std::optional<HeadError> read_bad;
+  RequestHead r;
+  r.fields.push_back({"stale", "field"});  // a reused RequestHead: nothing of it may survive
+  const HeadProgress read = dechunkd::read_request_head(buf, lim, &read_len, &read_err, &r, &read_bad);
+  REQUIRE(read == scan);
+  if (scan == HeadProgress::Error) {
+    CHECK(read_err.kind == scan_err.kind);
+    CHECK(read_err.message == scan_err.message);
+  }
+  if (scan != HeadProgress::Complete) {
+    CHECK(r.method.empty());
+    CHECK(r.fields.empty());
+    return;
+  }
+  REQUIRE(read_len == scan_len);
+  RequestHead p;
+  const auto parse_bad = dechunkd::parse_request_head(buf.substr(0, scan_len), lim, &p);
+  REQUIRE(read_bad.has_value() == parse_bad.has_value());
+  if (parse_bad) {
+    CHECK(read_bad->kind == parse_bad->kind);
+    CHECK(read_bad->message == parse_bad->message);
+  }
+  CHECK(r.raw == p.raw);
+  CHECK(r.method == p.method);
+  CHECK(r.target == p.target);
+  CHECK(r.path == p.path);
+  CHECK(r.query == p.query);
+  CHECK(r.has_query == p.has_query);
+  CHECK(r.version_minor == p.version_minor);
+  CHECK(r.framing == p.framing);
+  CHECK(r.content_length == p.content_length);
+  CHECK(r.keep_alive == p.keep_alive);
+  CHECK(r.expect_continue == p.expect_continue);
+  CHECK(r.expect_other == p.expect_other);
+  CHECK(r.host == p.host);
+  CHECK(r.has_host == p.has_host);
+  REQUIRE(r.fields.size() == p.fields.size());
+  for (size_t i = 0; i < r.fields.size(); ++i) {
+    CHECK(r.fields[i].name == p.fields[i].name);
+    CHECK(r.fields[i].value == p.fields[i].value);
+  }
+}
+
+}  // namespace
+
 TEST_CASE("request head: random mutations never crash and scan/parse agree") {
   // A small deterministic fuzz: mutate valid heads, check totality (ASan/UBSan catch the rest)
   // and that a Complete scan followed by parse equals parse of the delimited head.
@@ -685,6 +741,24 @@ TEST_CASE("request head: random mutations never crash and scan/parse agree") {
       }
     } else if (p == HeadProgress::Error) {
       CHECK(direct.has_value());  // bytes scan rejects are never a valid head
+    }
+    check_read_matches_scan_and_parse(s, lim);
+    check_read_matches_scan_and_parse(s + "GET /next HTTP/1.1\r\n\r\n", lim);  // a pipelined rest
+  }
+}
+
+TEST_CASE("request head: read_request_head is scan then parse, for every prefix") {
+  const std::string heads[] = {
+      "POST /hooks/a?x=1 HTTP/1.1\r\nHost: a:1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello",
+      "GET / HTTP/1.0\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nabcde",
+      "\r\nPUT /x HTTP/1.1\r\nHost: [::1]\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n",
+      "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+      "GET /" + std::string(100, 'a') + " HTTP/1.1\r\nHost: a\r\n\r\n",
+      "GET / HTTP/1.1\r\nHost: a\r\nX: \x01\r\n\r\n",
+  };
+  for (const HeadLimits& lim : {HeadLimits{}, small_limits()}) {
+    for (const std::string& h : heads) {
+      for (size_t n = 0; n <= h.size(); ++n) check_read_matches_scan_and_parse(std::string_view(h).substr(0, n), lim);
     }
   }
 }
