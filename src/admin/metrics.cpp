@@ -206,7 +206,7 @@ std::string render_metrics(const WorkerStats& total, const ProcessStats& process
         out += '\n';
       }
     }
-    header(out, "queue_bytes", "gauge", "Bytes the queue holds on disk (what storage.max_queue_size limits; dead letters included).");
+    header(out, "queue_bytes", "gauge", "Bytes of queued data, dead letters included: what storage.max_queue_size limits (finished messages stop counting at once; compaction frees their disk space).");
     out += "dechunkd_queue_bytes ";
     append_decimal(out, q.bytes);
     out += '\n';

@@ -826,13 +826,19 @@ void QueueService::Impl::attempt_done(DeliveryAttempt* a, int status, const std:
       dead_letter(lane, d, now, err + " (not in retry.on)");
     } else if (d.attempts >= rc.max_attempts) {
       dead_letter(lane, d, now, err + " (max_attempts " + std::to_string(rc.max_attempts) + " reached)");
-    } else if (now >= age_end) {
-      dead_letter(lane, d, now, err + " (max_age " + format_duration(rc.max_age) + " passed)");
     } else {
       int64_t delay = (retry_after_ms >= 0 && (status == 429 || status == 503))
                           ? retry_after_ms
                           : backoff_delay_ms(rc, d.attempts, splitmix(rng_));
-      d.next_attempt_ms = std::min(now + delay, age_end);
+      if (now + delay >= age_end) {
+        // The next attempt would come after max_age: give up now, with this attempt's outcome.
+        dead_letter(lane, d, now, err + " (max_age " + format_duration(rc.max_age) + " ends before the next attempt)");
+        worker_->defer_delete(std::move(keep));
+        schedule_pump();
+        maybe_finish();
+        return;
+      }
+      d.next_attempt_ms = now + delay;
       d.state = DeliveryState::Pending;
       ++lane.retried;
       finish_delivery(lane, d, now, "retry", status, err, format_rfc3339_ms(d.next_attempt_ms));
