@@ -108,6 +108,16 @@ void histogram(std::string& out, std::string_view name, const std::string& label
   out += '\n';
 }
 
+// A metric without labels: its HELP/TYPE header and its one sample.
+void scalar(std::string& out, const char* name, const char* type, const char* help, uint64_t value) {
+  header(out, name, type, help);
+  out += "dechunkd_";
+  out += name;
+  out += ' ';
+  append_decimal(out, value);
+  out += '\n';
+}
+
 std::string route_label(const std::string& route) {
   std::string l = "route=\"";
   label_value(l, route);
@@ -161,15 +171,10 @@ std::string render_metrics(const WorkerStats& total, const ProcessStats& process
     out += '\n';
   }
 
-  header(out, "connections_active", "gauge", "Inbound connections open.");
-  out += "dechunkd_connections_active ";
-  append_decimal(out, process.connections_active);
-  out += '\n';
+  scalar(out, "connections_active", "gauge", "Inbound connections open.", process.connections_active);
 
-  header(out, "requests_in_flight", "gauge", "Requests received and not yet answered.");
-  out += "dechunkd_requests_in_flight ";
-  append_decimal(out, total.requests_in_flight < 0 ? int64_t{0} : total.requests_in_flight);
-  out += '\n';
+  scalar(out, "requests_in_flight", "gauge", "Requests received and not yet answered.",
+         total.requests_in_flight < 0 ? 0 : static_cast<uint64_t>(total.requests_in_flight));
 
   const QueueStats& q = process.queue;
   if (q.enabled) {
@@ -206,14 +211,12 @@ std::string render_metrics(const WorkerStats& total, const ProcessStats& process
         out += '\n';
       }
     }
-    header(out, "queue_bytes", "gauge", "Bytes of queued data, dead letters included: what storage.max_queue_size limits (finished messages stop counting at once; compaction frees their disk space).");
-    out += "dechunkd_queue_bytes ";
-    append_decimal(out, q.bytes);
-    out += '\n';
-    header(out, "queue_corrupt_records_total", "counter", "Damaged queue records found (checksum mismatch) and skipped by recovery.");
-    out += "dechunkd_queue_corrupt_records_total ";
-    append_decimal(out, q.corrupt_records);
-    out += '\n';
+    scalar(out, "queue_bytes", "gauge",
+           "Bytes of queued data, dead letters included: what storage.max_queue_size limits (finished messages "
+           "stop counting at once; compaction frees their disk space).",
+           q.bytes);
+    scalar(out, "queue_corrupt_records_total", "counter",
+           "Damaged queue records found (checksum mismatch) and skipped by recovery.", q.corrupt_records);
   }
 
   header(out, "config_reloads_total", "counter", "Configuration reloads, by result.");

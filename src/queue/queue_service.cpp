@@ -274,6 +274,13 @@ class QueueService::Impl {
   QueueAdminReply remove_dead_letter(const std::string& id);
   QueueAdminReply pause(const std::string& route, bool on);
   void dead_letter_json(std::string& out, const Delivery& d, const QueuedMessage& m);
+  // The dead letter with this delivery id and its message, or nullptr.
+  const QueuedMessage* find_dead_letter(const std::string& id, std::optional<Delivery>* d) const {
+    if (!store_) return nullptr;
+    *d = store_->delivery(id);
+    if (!*d || (*d)->state != DeliveryState::DeadLettered) return nullptr;
+    return store_->message((*d)->message_id);
+  }
   bool sync_now_for_admin(QueueAdminReply* err);
 
   std::shared_ptr<const Runtime> runtime_;
@@ -1143,9 +1150,9 @@ QueueAdminReply QueueService::Impl::list_dead_letters(const QueueAdminRequest& r
 }
 
 QueueAdminReply QueueService::Impl::show_dead_letter(const std::string& id) {
-  std::optional<Delivery> d = store_ ? store_->delivery(id) : std::nullopt;
-  const QueuedMessage* m = d ? store_->message(d->message_id) : nullptr;
-  if (!d || d->state != DeliveryState::DeadLettered || !m) return error_reply(ErrorKind::NotFound, "no dead letter with this id");
+  std::optional<Delivery> d;
+  const QueuedMessage* m = find_dead_letter(id, &d);
+  if (!m) return error_reply(ErrorKind::NotFound, "no dead letter with this id");
   std::string body, error;
   bool have_body = store_->read_body(d->message_id, &body, &error);
   std::string out;
@@ -1201,9 +1208,9 @@ bool QueueService::Impl::sync_now_for_admin(QueueAdminReply* err) {
 }
 
 QueueAdminReply QueueService::Impl::replay(const std::string& id) {
-  std::optional<Delivery> d = store_ ? store_->delivery(id) : std::nullopt;
-  const QueuedMessage* m = d ? store_->message(d->message_id) : nullptr;
-  if (!d || d->state != DeliveryState::DeadLettered || !m) return error_reply(ErrorKind::NotFound, "no dead letter with this id");
+  std::optional<Delivery> d;
+  const QueuedMessage* m = find_dead_letter(id, &d);
+  if (!m) return error_reply(ErrorKind::NotFound, "no dead letter with this id");
   int64_t now = wall_clock_ms();
   // Replay (SPEC 6): attempts and the max_age clock start again; the delivery id stays.
   d->state = DeliveryState::Pending;
@@ -1255,9 +1262,9 @@ QueueAdminReply QueueService::Impl::replay_all(const QueueAdminRequest& req) {
 }
 
 QueueAdminReply QueueService::Impl::remove_dead_letter(const std::string& id) {
-  std::optional<Delivery> d = store_ ? store_->delivery(id) : std::nullopt;
-  const QueuedMessage* m = d ? store_->message(d->message_id) : nullptr;
-  if (!d || d->state != DeliveryState::DeadLettered || !m) return error_reply(ErrorKind::NotFound, "no dead letter with this id");
+  std::optional<Delivery> d;
+  const QueuedMessage* m = find_dead_letter(id, &d);
+  if (!m) return error_reply(ErrorKind::NotFound, "no dead letter with this id");
   d->state = DeliveryState::Deleted;
   write_state(*d);
   if (Lane* lane = find_lane(*m, d->target_index); lane && lane->dead > 0) --lane->dead;
