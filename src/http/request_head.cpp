@@ -670,4 +670,22 @@ HeadProgress read_request_head(std::string_view buf, const HeadLimits& lim, size
   return HeadProgress::NeedMore;
 }
 
+void rebase_request_head(RequestHead& h, const char* from, size_t len, const char* to) {
+  auto move = [&](std::string_view& v) {
+    if (v.data() >= from && v.data() + v.size() <= from + len && v.data() != nullptr) {
+      v = std::string_view(to + (v.data() - from), v.size());
+    }
+  };
+  move(h.raw);
+  move(h.method);
+  move(h.target);
+  move(h.path);
+  move(h.query);
+  move(h.host);
+  for (HeaderField& f : h.fields) {
+    move(f.name);
+    move(f.value);
+  }
+}
+
 }  // namespace dechunkd

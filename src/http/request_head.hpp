@@ -97,6 +97,10 @@ HeadProgress read_request_head(std::string_view buf, const HeadLimits& lim, size
                                HeadError* error, RequestHead* out,
                                std::optional<HeadError>* parse_error);
 
+// Moves every view of h that points into [from, from + len) to the same offset from to: after
+// the head was parsed where it was read and its bytes were copied to to.
+void rebase_request_head(RequestHead& h, const char* from, size_t len, const char* to);
+
 // Case-insensitive ASCII comparison for header names and tokens. Inline: it runs for many
 // fields of every request and message, mostly to be answered by the size check.
 inline bool iequals(std::string_view a, std::string_view b) {

@@ -342,14 +342,21 @@ bool InboundConnection::process_head_bytes(const BlockRef&, const char* p, size_
     // or stops the timer in this same callback, so arming it first would be a wasted update.
     header_timer_due_ = !first_request_;
   }
+  // Usually the whole head is in this read: parse it where it lies, then copy only the head's
+  // bytes (not the body that follows it in the block). A head split over reads accumulates.
   size_t old = head_buf_.size();
-  head_buf_.append(p, n);
+  std::string_view buf(p, n);
+  if (old > 0) {
+    head_buf_.append(p, n);
+    buf = head_buf_;
+  }
   size_t head_len = 0;
   HeadError err{ErrorKind::BadRequest, ""};
   std::optional<HeadError> bad;
   // One walk: the scan and, once the head is complete, the strict parse into ctx_.head.
-  HeadProgress prog = read_request_head(head_buf_, ctx_.runtime->head_limits, &head_len, &err, &ctx_.head, &bad);
+  HeadProgress prog = read_request_head(buf, ctx_.runtime->head_limits, &head_len, &err, &ctx_.head, &bad);
   if (prog == HeadProgress::NeedMore) {
+    if (old == 0) head_buf_.assign(p, n);
     if (header_timer_due_) {
       header_timer_due_ = false;
       arm_timer(config().timeouts.header);
@@ -365,8 +372,13 @@ bool InboundConnection::process_head_bytes(const BlockRef&, const char* p, size_
   }
   // Bytes past the head belong to the body (or the next request): leave them in the block.
   *used = head_len - old;
-  // Shrinking a string never reallocates: the views in ctx_.head stay valid.
-  head_buf_.resize(head_len);
+  if (old == 0) {
+    head_buf_.assign(p, head_len);
+    rebase_request_head(ctx_.head, p, head_len, head_buf_.data());
+  } else {
+    // Shrinking a string never reallocates: the views in ctx_.head stay valid.
+    head_buf_.resize(head_len);
+  }
   head_complete(bad);
   return state_ != State::Closing && state_ != State::Closed;
 }

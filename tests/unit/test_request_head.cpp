@@ -762,3 +762,33 @@ TEST_CASE("request head: read_request_head is scan then parse, for every prefix"
     }
   }
 }
+
+TEST_CASE("request head: parsed in place, then moved with only the head's bytes") {
+  // The connection parses the head inside its read block and keeps a copy of the head alone.
+  const std::string block =
+      "POST /hooks/a?x=1 HTTP/1.1\r\nHost: gw.example:8080\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello";
+  dechunkd::HeadLimits lim{16 * 1024, 100, 8 * 1024};
+  size_t len = 0;
+  dechunkd::HeadError err{dechunkd::ErrorKind::BadRequest, ""};
+  std::optional<dechunkd::HeadError> bad;
+  dechunkd::RequestHead h;
+  REQUIRE(dechunkd::read_request_head(block, lim, &len, &err, &h, &bad) == dechunkd::HeadProgress::Complete);
+  REQUIRE_FALSE(bad);
+  std::string copy = block.substr(0, len);
+  dechunkd::rebase_request_head(h, block.data(), len, copy.data());
+  auto inside = [&](std::string_view v) { return v.empty() || (v.data() >= copy.data() && v.data() + v.size() <= copy.data() + copy.size()); };
+  CHECK(h.raw == copy);
+  CHECK(h.method == "POST");
+  CHECK(h.target == "/hooks/a?x=1");
+  CHECK(h.path == "/hooks/a");
+  CHECK(h.query == "x=1");
+  CHECK(h.host == "gw.example:8080");
+  for (auto v : {h.raw, h.method, h.target, h.path, h.query, h.host}) CHECK(inside(v));
+  REQUIRE(h.fields.size() == 3);
+  CHECK(h.fields[2].name == "X-A");
+  CHECK(h.fields[2].value == "b");
+  for (const auto& f : h.fields) {
+    CHECK(inside(f.name));
+    CHECK(inside(f.value));
+  }
+}
