@@ -286,6 +286,17 @@ def pseudo_random(n: int, seed: bytes = b"dechunkd") -> bytes:
 # Client
 # --------------------------------------------------------------------------------------------
 
+def parse_metrics(text: str) -> dict:
+    """{'name{labels}': value} for every sample line."""
+    samples = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        samples[key] = float(value)
+    return samples
+
+
 @dataclasses.dataclass
 class Response:
     version: str

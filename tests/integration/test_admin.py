@@ -12,7 +12,7 @@ import tempfile
 import threading
 import unittest
 
-from harness import (BIN, WAIT, Client, Daemon, Reply, StrictReceiver, build_request, free_port,
+from harness import (parse_metrics, BIN, WAIT, Client, Daemon, Reply, StrictReceiver, build_request, free_port,
                      send_request, wait_until)
 
 TOKEN = "s3cr3t-admin-token"
@@ -21,17 +21,6 @@ TOKEN = "s3cr3t-admin-token"
 def admin_get(port: int, path: str, method: str = "GET", headers=()):
     raw = build_request(method, path, list(headers))
     return send_request(port, raw, method=method)
-
-
-def parse_metrics(text: str) -> dict:
-    """{'name{labels}': value} for every sample line."""
-    samples = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        key, _, value = line.rpartition(" ")
-        samples[key] = float(value)
-    return samples
 
 
 class AdminCase(unittest.TestCase):

@@ -22,7 +22,7 @@ import threading
 import time
 import unittest
 
-from harness import (ANY, WAIT, Client, Daemon, Reply, StrictReceiver, build_request,
+from harness import (parse_metrics, ANY, WAIT, Client, Daemon, Reply, StrictReceiver, build_request,
                      exact_request, free_port, pseudo_random, scaled, send_request, wait_until)
 
 TOKEN = "queue-admin-token"
@@ -39,17 +39,6 @@ CURL = shutil.which("curl")
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-
-def parse_metrics(text: str) -> dict:
-    """{'name{labels}': value} for every sample line."""
-    samples = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        key, _, value = line.rpartition(" ")
-        samples[key] = float(value)
-    return samples
-
 
 def metric(name: str, **labels) -> str:
     """The sample key as the gateway writes it: labels in the SPEC's order."""
