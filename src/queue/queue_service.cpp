@@ -489,7 +489,9 @@ void QueueService::Impl::resolve(Lane& lane) {
   }
   auto& orphan = orphan_runtimes_[lane.url];
   if (!orphan) {
+    // Only the target matters: no listeners (their certificates are not read again).
     auto cfg = std::make_shared<Config>(*runtime_->config);
+    cfg->listen.clear();
     RouteConfig r;
     r.name = lane.route;
     r.path = "/";
