@@ -277,7 +277,7 @@ struct ResponseCallbacks {
 
   static int head_bytes(ResponseCodec* c, size_t add) {
     size_t total = c->reason_.size() + c->cur_name_.size() + c->cur_value_.size() + add;
-    for (auto& h : c->headers_) total += h.first.size() + h.second.size() + 4;
+    for (const auto& h : c->headers()) total += h.first.size() + h.second.size() + 4;
     if (total > kMaxResponseHead) {
       c->fail("the response head is larger than 64 KiB");
       return HPE_USER;
@@ -286,7 +286,7 @@ struct ResponseCallbacks {
   }
   static int on_message_begin(llhttp_t* p) {
     ResponseCodec* c = self(p);
-    c->headers_.clear();
+    c->header_count_ = 0;
     c->reason_.clear();
     c->cur_name_.clear();
     c->cur_value_.clear();
@@ -328,7 +328,10 @@ struct ResponseCallbacks {
     }
     // Trim trailing whitespace (llhttp keeps it).
     while (!c->cur_value_.empty() && (c->cur_value_.back() == ' ' || c->cur_value_.back() == '\t')) c->cur_value_.pop_back();
-    c->headers_.emplace_back(std::move(c->cur_name_), std::move(c->cur_value_));
+    if (c->header_count_ == c->headers_.size()) c->headers_.emplace_back();
+    auto& slot = c->headers_[c->header_count_++];
+    slot.first.assign(c->cur_name_);
+    slot.second.assign(c->cur_value_);
     c->cur_name_.clear();
     c->cur_value_.clear();
     return 0;
@@ -410,7 +413,7 @@ void ResponseCodec::reset(bool head_request, BodySink* sink) {
   head_done_ = complete_ = failed_ = any_byte_ = pause_for_head_ = false;
   status_ = 0;
   reason_.clear();
-  headers_.clear();
+  header_count_ = 0;
   cur_name_.clear();
   cur_value_.clear();
   keep_alive_ = chunked_ = has_content_length_ = no_body_ = false;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -110,7 +111,8 @@ class ResponseCodec {
 
   int status() const { return status_; }
   const std::string& reason() const { return reason_; }
-  const std::vector<std::pair<std::string, std::string>>& headers() const { return headers_; }
+  // The response head's fields in received order (valid until the next response).
+  std::span<const std::pair<std::string, std::string>> headers() const { return {headers_.data(), header_count_}; }
   bool keep_alive() const { return keep_alive_; }
   // How the body is framed on the wire.
   bool chunked() const { return chunked_; }
@@ -134,7 +136,11 @@ class ResponseCodec {
   std::string reason_;
   std::string cur_name_, cur_value_;
   bool in_value_ = false;
+  // Field slots are kept across responses and only the first header_count_ are current, so a
+  // reused codec (one per client connection's ProxyCall) assigns into strings that already have
+  // capacity: no heap allocation per response header.
   std::vector<std::pair<std::string, std::string>> headers_;
+  size_t header_count_ = 0;
   bool keep_alive_ = false;
   bool chunked_ = false;
   bool has_content_length_ = false;

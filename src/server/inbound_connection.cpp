@@ -873,7 +873,8 @@ void InboundConnection::set_target_status(int status, int64_t ms) {
 void InboundConnection::relay_head(const ResponseCodec& resp) {
   if (state_ != State::Handling) return;
   status_ = resp.status();
-  std::vector<std::string_view> conn_tokens;
+  std::vector<std::string_view>& conn_tokens = conn_tokens_;  // keeps its capacity
+  conn_tokens.clear();
   for (auto& f : resp.headers()) {
     if (iequals(f.first, "connection")) split_tokens(f.second, conn_tokens);
   }
