@@ -251,7 +251,7 @@ class QueueService::Impl {
   void finish_delivery(Lane& lane, Delivery& d, int64_t now, const char* result, int status,
                        const std::string& error, const std::string& next);
   void dead_letter(Lane& lane, Delivery& d, int64_t now, const std::string& why);
-  void write_state(const Delivery& d);
+  bool write_state(const Delivery& d);
   void housekeeping();
   void expire_dead_letters(int64_t now);
   void drain_deadline();
@@ -699,15 +699,16 @@ void QueueService::Impl::refuse_storage(std::vector<Awaiting>& list, const std::
   for (Awaiting& a : l) a.done(QueueAck{503, "", why, kStorageFailedRetryAfterS});
 }
 
-void QueueService::Impl::write_state(const Delivery& d) {
+bool QueueService::Impl::write_state(const Delivery& d) {
   std::string error;
   if (!store_->update_delivery(d, &error)) {
     log_error("queue: recording delivery " + d.delivery_id() + " failed: " + error +
               " (it may be attempted again after a restart)");
-    return;
+    return false;
   }
   dirty_ = true;
   schedule_commit();
+  return true;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -721,13 +722,15 @@ void QueueService::Impl::pump() {
     Lane& lane = *lp;
     if (paused(lane.route) || lane.waiting.empty()) continue;
     if (lane.max_in_flight <= 1) {
-      // FIFO: only the oldest delivery may go, and only when nothing is in flight.
-      if (!lane.in_flight.empty()) continue;
-      auto it = lane.waiting.begin();
-      if (it->second.next_attempt_ms <= now) {
+      // FIFO: only the oldest delivery may go, and only when nothing is in flight. A head that
+      // is dead-lettered without an attempt (max_age) lets the next one go at once.
+      while (lane.in_flight.empty() && !lane.waiting.empty()) {
+        auto it = lane.waiting.begin();
+        if (it->second.next_attempt_ms > now) {
+          wake = std::min(wake, it->second.next_attempt_ms);
+          break;
+        }
         start_attempt(lane, it, now);
-      } else {
-        wake = std::min(wake, it->second.next_attempt_ms);
       }
       continue;
     }
@@ -737,7 +740,12 @@ void QueueService::Impl::pump() {
         wake = std::min(wake, at);
         break;
       }
-      start_attempt(lane, lane.waiting.find(id), now);
+      auto it = lane.waiting.find(id);
+      if (it == lane.waiting.end()) {  // never expected: drop a stale schedule entry
+        lane.due.erase(lane.due.begin());
+        continue;
+      }
+      start_attempt(lane, it, now);
     }
   }
   if (wake != INT64_MAX) arm_timer(pump_ev_.get(), std::chrono::milliseconds(std::max<int64_t>(1, wake - now)));
@@ -861,6 +869,7 @@ void QueueService::Impl::attempt_done(DeliveryAttempt* a, int status, const std:
 
 void QueueService::Impl::dead_letter(Lane& lane, Delivery& d, int64_t now, const std::string& why) {
   d.state = DeliveryState::DeadLettered;
+  d.next_attempt_ms = now;  // for a dead letter: when it became one (dead_letter_retention counts from it)
   d.last_error = why;
   ++lane.dead;
   ++lane.dead_lettered;
@@ -909,9 +918,10 @@ void QueueService::Impl::expire_dead_letters(int64_t now) {
     if (!m) continue;
     const RouteConfig* r = queue_route(m->route);
     int64_t retention = (r ? r->retry : RetryConfig{}).dead_letter_retention.count();
-    if (d.last_attempt_ms + retention > now) continue;
+    int64_t since = std::max({d.next_attempt_ms, d.last_attempt_ms, d.age_base_ms});
+    if (since + retention > now) continue;
     d.state = DeliveryState::Deleted;
-    write_state(d);
+    if (!write_state(d)) return;
     if (Lane* lane = find_lane(*m, d.target_index); lane && lane->dead > 0) --lane->dead;
     log_info("queue: dead letter " + d.delivery_id() + " of route " + m->route + " expired (dead_letter_retention)");
   }
@@ -955,11 +965,8 @@ void QueueService::Impl::maybe_finish() {
 
 void QueueService::Impl::finish() {
   finished_ = true;
-  if (store_ && dirty_) {
-    std::string error;
-    if (!store_->sync(&error)) log_error("queue: final fsync failed: " + error);
-    dirty_ = false;
-  }
+  // The last sync: what it covers is acknowledged (the answers are posted, if anyone listens).
+  if (store_) sync_and_release();
   refuse_storage(awaiting_, "dechunkd is stopping");
   event_del(housekeeping_.get());
   event_del(sync_timer_.get());
@@ -1219,7 +1226,7 @@ QueueAdminReply QueueService::Impl::replay(const std::string& id) {
   d->attempts = 0;
   d->next_attempt_ms = now;
   d->age_base_ms = now;
-  write_state(*d);
+  if (!write_state(*d)) return error_reply(ErrorKind::InternalError, "the queue store refused the change; see the log");
   Lane& lane = lane_for(m->route, d->target_index, m->targets[d->target_index]);
   if (lane.dead > 0) --lane.dead;
   lane.add_waiting(*d, m->accepted_ms);
@@ -1243,7 +1250,7 @@ QueueAdminReply QueueService::Impl::replay_all(const QueueAdminRequest& req) {
       d.attempts = 0;
       d.next_attempt_ms = now;
       d.age_base_ms = now;
-      write_state(d);
+      if (!write_state(d)) break;
       Lane& lane = lane_for(m->route, d.target_index, m->targets[d.target_index]);
       if (lane.dead > 0) --lane.dead;
       lane.add_waiting(d, m->accepted_ms);
@@ -1268,7 +1275,7 @@ QueueAdminReply QueueService::Impl::remove_dead_letter(const std::string& id) {
   const QueuedMessage* m = find_dead_letter(id, &d);
   if (!m) return error_reply(ErrorKind::NotFound, "no dead letter with this id");
   d->state = DeliveryState::Deleted;
-  write_state(*d);
+  if (!write_state(*d)) return error_reply(ErrorKind::InternalError, "the queue store refused the change; see the log");
   if (Lane* lane = find_lane(*m, d->target_index); lane && lane->dead > 0) --lane->dead;
   log_info("queue: dead letter " + id + " of route " + m->route + " deleted");
   QueueAdminReply err;
@@ -1281,8 +1288,13 @@ QueueAdminReply QueueService::Impl::pause(const std::string& route, bool on) {
   for (const RouteConfig& r : runtime_->config->routes) {
     if (r.name == route) found = &r;
   }
-  if (!found) return error_reply(ErrorKind::NotFound, "no route named '" + route + "'");
-  if (found->mode != RouteMode::Queue) {
+  // A route a reload removed still has its pending deliveries (SPEC 6): it can be paused and
+  // resumed as long as the queue knows it.
+  bool queued_only = !found && (paused_.count(route) > 0 ||
+                                std::any_of(lanes_.begin(), lanes_.end(),
+                                            [&](const auto& kv) { return kv.second->route == route; }));
+  if (!found && !queued_only) return error_reply(ErrorKind::NotFound, "no route named '" + route + "'");
+  if (found && found->mode != RouteMode::Queue) {
     return error_reply(ErrorKind::Conflict, "route '" + route + "' is not a queue route; only queue routes can be paused");
   }
   if (!store_) return error_reply(ErrorKind::Overloaded, store_error_.empty() ? "the queue store is not open" : store_error_);

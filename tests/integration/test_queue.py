@@ -806,6 +806,28 @@ class RetryTests(QueueCase):
             for line in lines[:-1]:
                 self.assertRegex(line, r" status=503 result=retry next=")
 
+    def test_max_age_expiry_while_paused_empties_a_fifo_lane(self):
+        # Regression: with max_in_flight 1, a head dead-lettered without an attempt (its max_age
+        # passed while paused) must let the next one go at once, not wait for an outside event.
+        rcv = self.receiver()
+        target = rcv.url("/in")
+        d = self.start([q_route([{"url": target, "max_in_flight": 1}],
+                                retry=dict(FAST, max_age="1s"))])
+        self.pause(d)
+        ids = [self.accept(d) for _ in range(3)]
+        time.sleep(scaled(1.5))
+        self.resume(d)
+        dl = self.wait_dead_letters(d, 3, timeout=scaled(5))
+        self.assertEqual([x["message_id"] for x in dl], ids)
+        for x in dl:
+            self.assertEqual(x["attempts"], 0)
+            self.assertIsNone(x["last_status"])
+            self.assertIn("max_age", x["last_error"])
+        self.assertEqual(self.queue(d), {"routes": [{"route": "q", "paused": False, "targets": [
+            {"target": target, "pending": 0, "in_flight": 0, "dead_letters": 3}]}]})
+        self.settle()
+        self.assertEqual(rcv.requests, [], "nothing is attempted after max_age")
+
     def test_connection_error_dead_letter_has_null_status(self):
         port = free_port()
         target = f"http://127.0.0.1:{port}/in"
@@ -1601,6 +1623,11 @@ class DurabilityTests(QueueCase):
         self.assertEqual([r["route"] for r in routes], ["q"], "a removed route with pending "
                                                              "deliveries is still listed")
         self.assertEqual(routes[0]["targets"][0]["target"], target)
+        with self.subTest("the removed route can still be paused and resumed"):
+            self.pause(d)
+            self.assertTrue(self.queue(d)["routes"][0]["paused"])
+            self.resume(d)
+            self.assertFalse(self.queue(d)["routes"][0]["paused"])
         rcv = self.port_receiver(port)
         seen = rcv.wait_requests(1, timeout=scaled(5))[0]
         self.assertEqual((seen.header("X-Dechunkd-Delivery-Id"), seen.body),
