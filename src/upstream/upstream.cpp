@@ -164,6 +164,7 @@ ExchangeRequest& ProxyCall::prepare() {
   req_.route_name.clear();
   req_.request_id.clear();
   req_.head_request = false;
+  req_.log_failures = true;
   req_.head.clear();
   target_ = nullptr;
   tunnel_buf_.clear();
