@@ -248,7 +248,7 @@ class QueueService::Impl {
   void refuse_storage(std::vector<Awaiting>& list, const std::string& why);
   void pump();
   void start_attempt(Lane& lane, std::map<std::string, Delivery>::iterator it, int64_t now);
-  void finish_delivery(Lane& lane, Delivery& d, int64_t now, const char* result, int status,
+  void finish_delivery(Lane& lane, Delivery& d, const char* result, int status,
                        const std::string& error, const std::string& next);
   void dead_letter(Lane& lane, Delivery& d, int64_t now, const std::string& why);
   bool write_state(const Delivery& d);
@@ -827,7 +827,7 @@ void QueueService::Impl::attempt_done(DeliveryAttempt* a, int status, const std:
     d.state = DeliveryState::Delivered;
     d.last_error.clear();
     ++lane.delivered;
-    finish_delivery(lane, d, now, "delivered", status, "", "-");
+    finish_delivery(lane, d, "delivered", status, "", "-");
   } else {
     std::string err = error;
     if (err.empty()) {
@@ -858,7 +858,7 @@ void QueueService::Impl::attempt_done(DeliveryAttempt* a, int status, const std:
       d.next_attempt_ms = now + delay;
       d.state = DeliveryState::Pending;
       ++lane.retried;
-      finish_delivery(lane, d, now, "retry", status, err, format_rfc3339_ms(d.next_attempt_ms));
+      finish_delivery(lane, d, "retry", status, err, format_rfc3339_ms(d.next_attempt_ms));
       lane.add_waiting(d, accepted_ms);
     }
   }
@@ -873,11 +873,11 @@ void QueueService::Impl::dead_letter(Lane& lane, Delivery& d, int64_t now, const
   d.last_error = why;
   ++lane.dead;
   ++lane.dead_lettered;
-  finish_delivery(lane, d, now, "dead_letter", d.last_status, why, "-");
+  finish_delivery(lane, d, "dead_letter", d.last_status, why, "-");
 }
 
 // Records the new state and writes the attempt's log line (SPEC 6).
-void QueueService::Impl::finish_delivery(Lane& lane, Delivery& d, int64_t, const char* result, int status,
+void QueueService::Impl::finish_delivery(Lane& lane, Delivery& d, const char* result, int status,
                                          const std::string& error, const std::string& next) {
   write_state(d);
   std::string line = "delivery route=" + lane.route + " target=" + lane.label + " delivery_id=" + d.delivery_id() +
