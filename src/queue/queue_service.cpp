@@ -33,6 +33,9 @@ constexpr int kQueueFullRetryAfterS = 30;      // a full queue drains at the tar
 constexpr int kStorageFailedRetryAfterS = 60;
 constexpr size_t kDefaultPageLimit = 100;
 constexpr size_t kMaxPageLimit = 10'000;
+// Bodies of attempts in flight are held in memory: past this sum no further attempt starts
+// (one always may, so a larger body still goes), which bounds the queue thread's memory.
+constexpr uint64_t kInFlightBodyBudget = 64ull << 20;
 
 std::string lane_key(const std::string& route, uint32_t index, const std::string& url) {
   std::string k = route;
@@ -252,6 +255,10 @@ class QueueService::Impl {
                        const std::string& error, const std::string& next);
   void dead_letter(Lane& lane, Delivery& d, int64_t now, const std::string& why);
   bool write_state(const Delivery& d);
+  bool body_fits(const std::string& message_id) const {
+    const QueuedMessage* m = store_->message(message_id);
+    return attempts_.empty() || !m || body_bytes_in_flight_ + m->body_size <= kInFlightBodyBudget;
+  }
   void housekeeping();
   void expire_dead_letters(int64_t now);
   void drain_deadline();
@@ -305,6 +312,7 @@ class QueueService::Impl {
   std::set<std::string> paused_;
   std::map<std::string, std::shared_ptr<const Runtime>> orphan_runtimes_;  // by URL
   int64_t last_retention_scan_ = 0;
+  uint64_t body_bytes_in_flight_ = 0;  // bodies held by attempts_ (kInFlightBodyBudget)
   bool draining_ = false;
   bool stopping_ = false;
   bool finished_ = false;
@@ -354,6 +362,7 @@ class DeliveryAttempt : public ExchangeSink, public Deferred {
 
   Lane& lane() { return lane_; }
   Delivery& delivery() { return d_; }
+  uint64_t body_size() const { return body_.size(); }
 
  private:
   void done(int status, const std::string& error) {
@@ -730,6 +739,7 @@ void QueueService::Impl::pump() {
           wake = std::min(wake, it->second.next_attempt_ms);
           break;
         }
+        if (!body_fits(it->first)) break;  // an attempt's end pumps again
         start_attempt(lane, it, now);
       }
       continue;
@@ -745,6 +755,7 @@ void QueueService::Impl::pump() {
         lane.due.erase(lane.due.begin());
         continue;
       }
+      if (!body_fits(id)) break;  // an attempt's end pumps again
       start_attempt(lane, it, now);
     }
   }
@@ -804,6 +815,7 @@ void QueueService::Impl::start_attempt(Lane& lane, std::map<std::string, Deliver
   req.head = std::move(head);
   req.log_failures = false;  // the attempt's own log line says it
   lane.in_flight.emplace(d.message_id, accepted_ms);
+  body_bytes_in_flight_ += body.size();
   auto a = std::make_unique<DeliveryAttempt>(*this, lane, std::move(d), std::move(body));
   DeliveryAttempt* raw = a.get();
   attempts_.emplace(raw, std::move(a));
@@ -816,6 +828,7 @@ void QueueService::Impl::attempt_done(DeliveryAttempt* a, int status, const std:
   if (owned == attempts_.end()) return;
   std::unique_ptr<DeliveryAttempt> keep = std::move(owned->second);
   attempts_.erase(owned);
+  body_bytes_in_flight_ -= a->body_size();
   Lane& lane = a->lane();
   Delivery& d = a->delivery();
   int64_t now = wall_clock_ms();
@@ -945,6 +958,7 @@ void QueueService::Impl::drain_deadline() {
     cut.push_back(std::move(a));
   }
   attempts_.clear();
+  body_bytes_in_flight_ = 0;
   for (auto& a : cut) worker_->defer_delete(std::move(a));
   maybe_finish();
 }
