@@ -1,6 +1,7 @@
 #include "queue/queue_service.hpp"
 
 #include <openssl/evp.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -120,6 +121,16 @@ uint64_t splitmix(uint64_t& s) {
   return z ^ (z >> 31);
 }
 }  // namespace
+
+QueueSubmission::QueueSubmission(QueueSubmission&& o) noexcept
+    : msg(std::move(o.msg)), spill_fd(o.spill_fd), spill_len(o.spill_len), body(std::move(o.body)),
+      accept_status(o.accept_status), dedupe_window_ms(o.dedupe_window_ms) {
+  o.spill_fd = -1;
+}
+
+QueueSubmission::~QueueSubmission() {
+  if (spill_fd >= 0) ::close(spill_fd);
+}
 
 int64_t parse_retry_after(std::string_view v, int64_t now_ms) {
   while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
@@ -634,6 +645,25 @@ void QueueService::Impl::commit() {
     m.id = new_message_id(now);
     m.accepted_ms = now;
     std::vector<std::pair<const char*, size_t>> body;
+    // A spilled body is mapped, not read: its pages are the temp file's page cache.
+    struct Mapping {
+      void* p = MAP_FAILED;
+      size_t n = 0;
+      ~Mapping() {
+        if (p != MAP_FAILED) ::munmap(p, n);
+      }
+    } spilled;
+    if (in.sub.spill_fd >= 0 && in.sub.spill_len > 0) {
+      spilled.n = static_cast<size_t>(in.sub.spill_len);
+      spilled.p = ::mmap(nullptr, spilled.n, PROT_READ, MAP_SHARED, in.sub.spill_fd, 0);
+      if (spilled.p == MAP_FAILED) {
+        std::string why = std::string("mapping the spilled body failed: ") + std::strerror(errno);
+        log_error("queue: route " + m.route + ": " + why);
+        in.done(QueueAck{503, "", why, kStorageFailedRetryAfterS});
+        continue;
+      }
+      body.emplace_back(static_cast<const char*>(spilled.p), spilled.n);
+    }
     if (!in.sub.body.empty()) body.emplace_back(in.sub.body.data(), in.sub.body.size());
     std::string error;
     if (!store_->append_message(m, body, now, &error)) {
@@ -1397,7 +1427,9 @@ void QueueService::start() {
 
 void QueueService::submit(QueueSubmission sub, std::function<void(QueueAck)> done) {
   Impl* impl = impl_.get();
-  impl->worker().post([impl, s = std::move(sub), d = std::move(done)]() mutable { impl->submit(std::move(s), std::move(d)); });
+  // Task closures must be copyable; the submission owns a descriptor, so it travels by pointer.
+  auto owned = std::make_shared<QueueSubmission>(std::move(sub));
+  impl->worker().post([impl, owned, d = std::move(done)]() mutable { impl->submit(std::move(*owned), std::move(d)); });
 }
 
 void QueueService::set_runtime(std::shared_ptr<const Runtime> rt) {

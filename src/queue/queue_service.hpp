@@ -24,7 +24,16 @@ struct SharedState;
 
 // A request a worker has read completely, ready to be queued. Built on the worker's thread.
 struct QueueSubmission {
+  QueueSubmission() = default;
+  QueueSubmission(QueueSubmission&& o) noexcept;
+  QueueSubmission& operator=(QueueSubmission&&) = delete;
+  ~QueueSubmission();
   QueuedMessage msg;           // id and accepted_ms are set by the queue thread
+  // The body: a spilled body's first spill_len bytes are in the unlinked temp file spill_fd
+  // (a duplicate the submission owns; the queue thread maps it, so a large body is not copied
+  // into the heap), the rest in body.
+  int spill_fd = -1;
+  uint64_t spill_len = 0;
   std::string body;
   int accept_status = 202;
   int64_t dedupe_window_ms = 0;  // with msg.dedupe_key non-empty

@@ -787,15 +787,19 @@ void InboundConnection::start_queue() {
   }
   if (route.dedupe) sub.dedupe_window_ms = route.dedupe->window.count();
   sub.accept_status = route.accept_status;
-  sub.body.reserve(ctx_.body.size);
-  std::string* body = &sub.body;
-  if (!RequestBodyBytes(ctx_.body).visit([body](const char* p, size_t n) {
-        body->append(p, n);
-        return true;
-      })) {
-    send_error(ErrorKind::InternalError, "reading the buffered request body back failed", false);
-    return;
+  // A spilled body travels as a duplicate of its temp file's descriptor (the queue thread maps
+  // it); only the bytes still in memory are copied.
+  if (ctx_.body.spill_fd >= 0) {
+    sub.spill_fd = ::fcntl(ctx_.body.spill_fd, F_DUPFD_CLOEXEC, 0);
+    if (sub.spill_fd < 0) {
+      send_error(ErrorKind::InternalError, std::string("duplicating the spilled body's file failed: ") +
+                                               std::strerror(errno), false);
+      return;
+    }
+    sub.spill_len = ctx_.body.spilled;
   }
+  sub.body.reserve(ctx_.body.in_memory);
+  for (const Span& span : ctx_.body.spans) sub.body.append(span.ptr, span.len);
   queue_waiter_ = std::make_shared<QueueWaiter>();
   queue_waiter_->conn = this;
   Worker* w = &worker_;
