@@ -484,11 +484,44 @@ class Seen:
         return [n for n, _ in self.headers]
 
 
+class LoopbackServer:
+    """A listening socket on 127.0.0.1:0 served by an accept thread (the subclass's
+    _accept_loop, which records every accepted socket in self._socks and every thread in
+    self._threads). close() shuts them all and gives the threads 2 s."""
+
+    def _listen(self, backlog: int):
+        """Call last in __init__: the accept thread may use every attribute."""
+        self._socks: list[socket.socket] = []
+        self._closing = False
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(backlog)
+        self.port = self.listener.getsockname()[1]
+        self._threads = [threading.Thread(target=self._accept_loop, daemon=True)]
+        self._threads[0].start()
+
+    def close(self):
+        self._closing = True
+        for s in [self.listener] + self._socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
+                s.close()
+            except OSError:
+                pass
+        end = deadline_in(2.0)  # handler threads may sleep (a Reply.delay): do not wait for them
+        for t in self._threads:
+            t.join(timeout=max(0.0, end - time.monotonic()))
+
+
 def default_reply(seen: Seen) -> Reply:
     return Reply(body=f"{seen.method} {seen.target}".encode(), headers=[("X-Receiver", "1")])
 
 
-class StrictReceiver:
+class StrictReceiver(LoopbackServer):
     """A legacy HTTP/1.1 upstream on 127.0.0.1:0 (see the module doc)."""
 
     def __init__(self, keep_bodies: bool = True):
@@ -499,15 +532,7 @@ class StrictReceiver:
         self.connections = 0
         self.closed_by_peer: set = set()  # connection ids the gateway closed between requests
         self.handler: Callable[[Seen], Reply] = default_reply
-        self._socks: list[socket.socket] = []
-        self._closing = False
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(256)
-        self.port = self.listener.getsockname()[1]
-        self._threads = [threading.Thread(target=self._accept_loop, daemon=True)]
-        self._threads[0].start()
+        self._listen(256)
 
     @property
     def authority(self) -> str:
@@ -569,18 +594,6 @@ class StrictReceiver:
                 got = [(s.method, s.target, s.body[:80]) for s in self._requests]
                 raise AssertionError(f"receiver should have seen nothing, got {got}, "
                                      f"violations {self.violations}")
-
-    def close(self):
-        self._closing = True
-        for s in [self.listener] + self._socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-        end = deadline_in(2.0)  # handler threads may sleep in a Reply.delay: do not wait for them
-        for t in self._threads:
-            t.join(timeout=max(0.0, end - time.monotonic()))
 
     # -- server side ------------------------------------------------------------------------
     def _violation(self, cid: int, text: str):

@@ -22,8 +22,8 @@ import threading
 import time
 import unittest
 
-from harness import (parse_metrics, ANY, WAIT, Client, Daemon, Reply, StrictReceiver, build_request,
-                     exact_request, free_port, pseudo_random, scaled, send_request, wait_until)
+from harness import (parse_metrics, WAIT, Client, Daemon, Reply, StrictReceiver, build_request,
+                     free_port, pseudo_random, scaled, send_request, wait_until)
 
 TOKEN = "queue-admin-token"
 AUTH = [("Authorization", "Bearer " + TOKEN)]

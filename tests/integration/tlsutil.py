@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Optional
 
-from harness import WAIT, WaitTimeout, deadline_in
+from harness import WAIT, LoopbackServer, WaitTimeout
 
 
 def openssl(*args: str, cwd: Optional[str] = None, input: Optional[bytes] = None) -> bytes:
@@ -212,7 +212,7 @@ class TlsSeen:
         return values[0] if values else None
 
 
-class TlsReceiver:
+class TlsReceiver(LoopbackServer):
     """An HTTPS upstream on 127.0.0.1:0 with the given certificate (see the module doc)."""
 
     def __init__(self, issued: Issued, client_ca: Optional[str] = None, body: bytes = b"tls-ok",
@@ -236,15 +236,7 @@ class TlsReceiver:
         self.connections = 0       # TCP connections accepted
         self.tls_connections = 0   # handshakes completed
         self.violations: list[str] = []
-        self._socks: list[socket.socket] = []
-        self._closing = False
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.port = self.listener.getsockname()[1]
-        self._threads = [threading.Thread(target=self._accept_loop, daemon=True)]
-        self._threads[0].start()
+        self._listen(64)
 
     def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
         return f"https://{host}:{self.port}{path}"
@@ -272,21 +264,6 @@ class TlsReceiver:
             if not self._cv.wait_for(lambda: self.handshake_errors, timeout):
                 raise WaitTimeout("the TLS receiver saw no failed handshake")
             return list(self.handshake_errors)
-
-    def close(self):
-        self._closing = True
-        for s in [self.listener] + self._socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            try:
-                s.close()
-            except OSError:
-                pass
-        end = deadline_in(2.0)
-        for t in self._threads:
-            t.join(timeout=max(0.0, end - time.monotonic()))
 
     def _accept_loop(self):
         while not self._closing:
@@ -375,7 +352,7 @@ class TlsReceiver:
 # CONNECT proxy
 # --------------------------------------------------------------------------------------------
 
-class ConnectProxy:
+class ConnectProxy(LoopbackServer):
     """An HTTP CONNECT proxy on 127.0.0.1:0 (see the module doc)."""
 
     def __init__(self, refuse: Optional[bytes] = None):
@@ -384,15 +361,7 @@ class ConnectProxy:
         self._cv = threading.Condition()
         self.heads: list[bytes] = []   # every request head received, raw
         self.errors: list[str] = []
-        self._socks: list[socket.socket] = []
-        self._closing = False
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.port = self.listener.getsockname()[1]
-        self._threads = [threading.Thread(target=self._accept_loop, daemon=True)]
-        self._threads[0].start()
+        self._listen(64)
 
     @property
     def url(self) -> str:
@@ -413,21 +382,6 @@ class ConnectProxy:
             if not self._cv.wait_for(lambda: len(self.heads) >= n, timeout):
                 raise WaitTimeout(f"proxy got {len(self.heads)} CONNECT heads, expected {n}")
             return list(self.heads)
-
-    def close(self):
-        self._closing = True
-        for s in [self.listener] + self._socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            try:
-                s.close()
-            except OSError:
-                pass
-        end = deadline_in(2.0)
-        for t in self._threads:
-            t.join(timeout=max(0.0, end - time.monotonic()))
 
     def _accept_loop(self):
         while not self._closing:
