@@ -89,11 +89,35 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, step:
         time.sleep(step)
 
 
+_PORT_LOW, _PORT_HIGH = 20000, 32767  # below Linux's ephemeral range (32768-60999)
+_port_lock = threading.Lock()
+_ports_given: set[int] = set()
+_port_cursor = _PORT_LOW + (os.getpid() * 7919) % (_PORT_HIGH - _PORT_LOW)
+
+
 def free_port() -> int:
-    """A loopback port that nothing listens on (bound once, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port for a daemon to listen on, never the same one twice in this process.
+
+    The kernel's own choice (bind to port 0) may hand the same port out twice in a row, and
+    every client connect may take an ephemeral port in the meantime; so ports come from below
+    the ephemeral range, starting at a point derived from the pid (test processes that run in
+    parallel start far apart), and each is checked free by binding it once.
+    """
+    global _port_cursor
+    with _port_lock:
+        for _ in range(_PORT_HIGH - _PORT_LOW):
+            port = _port_cursor
+            _port_cursor = _PORT_LOW if port >= _PORT_HIGH else port + 1
+            if port in _ports_given:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _ports_given.add(port)
+            return port
+    raise RuntimeError("no free loopback port left for tests")
 
 
 # --------------------------------------------------------------------------------------------
