@@ -134,13 +134,14 @@ class ResponseCodec {
   bool pause_for_head_ = false;  // set by on_headers_complete for a final response
   int status_ = 0;
   std::string reason_;
-  std::string cur_name_, cur_value_;
-  bool in_value_ = false;
-  // Field slots are kept across responses and only the first header_count_ are current, so a
-  // reused codec (one per client connection's ProxyCall) assigns into strings that already have
-  // capacity: no heap allocation per response header.
+  // Field slots are kept across responses and only the first header_count_ are current; the
+  // field being read goes straight into slot header_count_ (slot_open_), so a reused codec (one
+  // per client connection's ProxyCall) appends into strings that already have capacity: no
+  // heap allocation per response header.
   std::vector<std::pair<std::string, std::string>> headers_;
   size_t header_count_ = 0;
+  bool slot_open_ = false;
+  size_t head_bytes_ = 0;  // status line and fields so far, against the 64 KiB bound
   bool keep_alive_ = false;
   bool chunked_ = false;
   bool has_content_length_ = false;
