@@ -39,63 +39,68 @@ void BlockPool::give_back(Block* b) {
   }
 }
 
+OutQueue::Piece& OutQueue::push(Piece::Kind kind, size_t len) {
+  if (head_ > 0 && pieces_.size() == pieces_.capacity()) {  // reuse the drained front first
+    pieces_.erase(pieces_.begin(), pieces_.begin() + static_cast<std::ptrdiff_t>(head_));
+    head_ = 0;
+  }
+  Piece& p = pieces_.emplace_back();
+  p.kind = kind;
+  p.len = len;
+  bytes_ += len;
+  return p;
+}
+
+void OutQueue::pop_front() {
+  pieces_[head_].block.reset();  // a written span gives its block back now
+  if (++head_ == pieces_.size()) {
+    pieces_.clear();  // keeps the capacity
+    head_ = 0;
+  }
+}
+
 void OutQueue::add(std::string&& s) {
   if (s.empty()) return;
-  bytes_ += s.size();
-  Piece p;
-  p.kind = Piece::Mem;
+  Piece& p = push(Piece::Mem, s.size());
   p.mem = std::move(s);
-  p.len = p.mem.size();
-  pieces_.push_back(std::move(p));
-  pieces_.back().ptr = pieces_.back().mem.data();
 }
 
 void OutQueue::add_copy(const char* data, size_t n) { add(std::string(data, n)); }
 
 void OutQueue::add_span(const Span& s) {
   if (s.len == 0) return;
-  bytes_ += s.len;
-  Piece p;
-  p.kind = Piece::Ref;
+  Piece& p = push(Piece::Ref, s.len);
   p.block = s.block;
   p.ptr = s.ptr;
-  p.len = s.len;
-  pieces_.push_back(std::move(p));
 }
 
 void OutQueue::add_borrowed(const char* data, size_t n) {
   if (n == 0) return;
-  bytes_ += n;
-  Piece p;
-  p.kind = Piece::Ref;
-  p.ptr = data;
-  p.len = n;
-  pieces_.push_back(std::move(p));
+  push(Piece::Ref, n).ptr = data;
 }
 
 void OutQueue::add_file(int fd, off_t offset, uint64_t len) {
   if (len == 0) return;
+  Piece& p = push(Piece::File, 0);
   bytes_ += len;
-  Piece p;
-  p.kind = Piece::File;
   p.fd = fd;
   p.offset = offset;
   p.flen = len;
-  pieces_.push_back(std::move(p));
 }
 
 void OutQueue::clear() {
   pieces_.clear();
+  head_ = 0;
   bytes_ = 0;
 }
 
 IoStatus OutQueue::flush(int fd, int* err) {
   constexpr int kMaxIov = 64;
-  while (!pieces_.empty()) {
-    Piece& front = pieces_.front();
-    if (front.kind == Piece::File) {
-      size_t want = front.flen > (1u << 30) ? (1u << 30) : static_cast<size_t>(front.flen);
-      ssize_t n = ::sendfile(fd, front.fd, &front.offset, want);
+  while (!empty()) {
+    Piece& first = front();
+    if (first.kind == Piece::File) {
+      size_t want = first.flen > (1u << 30) ? (1u << 30) : static_cast<size_t>(first.flen);
+      ssize_t n = ::sendfile(fd, first.fd, &first.offset, want);
       if (n < 0) {
         if (errno == EINTR) continue;
         if (errno == EAGAIN) return IoStatus::WouldBlock;
@@ -106,21 +111,22 @@ IoStatus OutQueue::flush(int fd, int* err) {
         *err = EIO;
         return IoStatus::Error;
       }
-      front.flen -= n;
+      first.flen -= n;
       bytes_ -= n;
-      if (front.flen == 0) pieces_.pop_front();
+      if (first.flen == 0) pop_front();
       continue;
     }
     iovec iov[kMaxIov];
     int cnt = 0;
     bool file_follows = false;
-    for (auto it = pieces_.begin(); it != pieces_.end() && cnt < kMaxIov; ++it) {
-      if (it->kind == Piece::File) {
+    for (size_t i = head_; i < pieces_.size() && cnt < kMaxIov; ++i) {
+      const Piece& piece = pieces_[i];
+      if (piece.kind == Piece::File) {
         file_follows = true;
         break;
       }
-      iov[cnt].iov_base = const_cast<char*>(it->ptr);
-      iov[cnt].iov_len = it->len;
+      iov[cnt].iov_base = const_cast<char*>(piece.data());
+      iov[cnt].iov_len = piece.len;
       ++cnt;
     }
     msghdr msg{};
@@ -138,13 +144,12 @@ IoStatus OutQueue::flush(int fd, int* err) {
     size_t left = static_cast<size_t>(n);
     bytes_ -= left;
     while (left > 0) {
-      Piece& p = pieces_.front();
+      Piece& p = front();
       if (left >= p.len) {
         left -= p.len;
-        pieces_.pop_front();
+        pop_front();
       } else {
-        p.ptr += left;
-        p.len -= left;
+        p.consume(left);
         left = 0;
       }
     }
@@ -154,8 +159,8 @@ IoStatus OutQueue::flush(int fd, int* err) {
 
 size_t OutQueue::copy_out(char* dst, size_t max, int* err) {
   size_t got = 0;
-  while (got < max && !pieces_.empty()) {
-    Piece& p = pieces_.front();
+  while (got < max && !empty()) {
+    Piece& p = front();
     if (p.kind == Piece::File) {
       size_t want = std::min<uint64_t>(p.flen, max - got);
       ssize_t n = ::pread(p.fd, dst + got, want, p.offset);
@@ -168,16 +173,15 @@ size_t OutQueue::copy_out(char* dst, size_t max, int* err) {
       p.flen -= static_cast<uint64_t>(n);
       got += static_cast<size_t>(n);
       bytes_ -= static_cast<size_t>(n);
-      if (p.flen == 0) pieces_.pop_front();
+      if (p.flen == 0) pop_front();
       continue;
     }
     size_t take = std::min(p.len, max - got);
-    std::memcpy(dst + got, p.ptr, take);
+    std::memcpy(dst + got, p.data(), take);
     got += take;
     bytes_ -= take;
-    p.ptr += take;
-    p.len -= take;
-    if (p.len == 0) pieces_.pop_front();
+    p.consume(take);
+    if (p.len == 0) pop_front();
   }
   return got;
 }

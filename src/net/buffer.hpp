@@ -88,7 +88,7 @@ class OutQueue {
   void add_borrowed(const char* p, size_t n);
   void add_file(int fd, off_t offset, uint64_t len);  // fd must stay open until written
   size_t pending() const { return bytes_; }
-  bool empty() const { return pieces_.empty(); }
+  bool empty() const { return head_ == pieces_.size(); }
   void clear();
   // Writes as much as the socket takes. Done when empty; WouldBlock when the kernel is full.
   IoStatus flush(int fd, int* err);
@@ -102,13 +102,27 @@ class OutQueue {
     enum Kind { Mem, Ref, File } kind = Mem;
     std::string mem;       // Mem
     BlockRef block;        // Ref (empty for borrowed bytes)
-    const char* ptr = nullptr;
-    size_t len = 0;        // Mem/Ref: remaining bytes from ptr (Mem: offset via ptr)
+    const char* ptr = nullptr;  // Ref: the next byte
+    size_t off = 0;        // Mem: the next byte's offset in mem (pieces move when the queue grows)
+    size_t len = 0;        // Mem/Ref: remaining bytes
     int fd = -1;           // File
     off_t offset = 0;
     uint64_t flen = 0;     // File: remaining
+    const char* data() const { return kind == Mem ? mem.data() + off : ptr; }
+    void consume(size_t n) {
+      if (kind == Mem) off += n;
+      else ptr += n;
+      len -= n;
+    }
   };
-  std::deque<Piece> pieces_;
+  Piece& push(Piece::Kind kind, size_t len);  // a new piece at the back, counted in bytes_
+  Piece& front() { return pieces_[head_]; }
+  void pop_front();
+  // A vector used as a queue: pieces_[head_..] are pending. It keeps its capacity when it
+  // drains, so a keep-alive connection queues its responses without allocating (a deque frees
+  // and reallocates its blocks as it empties and refills).
+  std::vector<Piece> pieces_;
+  size_t head_ = 0;
   size_t bytes_ = 0;
 };
 
