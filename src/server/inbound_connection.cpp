@@ -882,8 +882,12 @@ void InboundConnection::relay_head(const ResponseCodec& resp) {
   for (auto& f : resp.headers()) {
     if (iequals(f.first, "connection")) split_tokens(f.second, conn_tokens);
   }
-  std::string h;
-  h.reserve(256);
+  // The head is built into a kept buffer queued by reference when nothing else is queued (so
+  // nothing still refers to it); behind queued bytes it is an owned copy.
+  const bool borrow = out_.empty();
+  std::string owned;
+  std::string& h = borrow ? resp_head_ : owned;
+  h.clear();
   h += "HTTP/1.1 ";
   append_decimal(h, static_cast<uint64_t>(resp.status()));
   h += ' ';
@@ -915,7 +919,8 @@ void InboundConnection::relay_head(const ResponseCodec& resp) {
     close_after_ = true;  // an HTTP/1.0 client gets a close-delimited body
   }
   append_common_headers(h, will_close());
-  out_.add(std::move(h));
+  if (borrow) out_.add_borrowed(h.data(), h.size());
+  else out_.add(std::move(h));
   response_started_ = true;
   // Not flushed here: the body bytes of the same read go out in the same sendmsg
   // (ProxyCall calls flush_relayed() after each read).

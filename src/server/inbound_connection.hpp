@@ -187,6 +187,7 @@ class InboundConnection : public BodySink, public ExchangeSink {
   std::shared_ptr<QueueWaiter> queue_waiter_;  // while a queue submission is pending
   int retry_after_s_ = 1;          // Retry-After of a 503 overloaded
   std::vector<std::string_view> conn_tokens_;  // relay_head's scratch: the target's Connection tokens
+  std::string resp_head_;  // relay_head builds the response head here (queued by reference when out_ is empty)
 
   // Access log
   int64_t start_wall_ms_ = 0;
