@@ -522,7 +522,10 @@ bool InboundConnection::on_body_bytes(const char* p, size_t n) {
     body.held += Block::kSize;
   }
   const char* why = nullptr;
-  if ((body.spill_fd < 0 && (body.in_memory > config().limits.memory_buffer || body.held > config().limits.memory_buffer)) ||
+  // A body may always pin the one block the connection reads into (it exists whether or not
+  // the body spills), so a memory_buffer below Block::kSize still keeps small bodies in memory.
+  const uint64_t may_hold = std::max<uint64_t>(config().limits.memory_buffer, Block::kSize);
+  if ((body.spill_fd < 0 && (body.in_memory > config().limits.memory_buffer || body.held > may_hold)) ||
       (body.spill_fd >= 0 && body.in_memory >= kSpillBatch)) {
     if (!spill(&why)) {
       codec_.fail(ErrorKind::InternalError, why);
