@@ -33,7 +33,6 @@
 namespace dechunkd {
 namespace {
 
-constexpr char lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c; }
 
 bool ieq(std::string_view a, std::string_view b) { return iequals(a, b); }  // the one shared compare
 
