@@ -33,7 +33,6 @@
 namespace dechunkd {
 namespace {
 
-
 bool ieq(std::string_view a, std::string_view b) { return iequals(a, b); }  // the one shared compare
 
 bool istarts_with(std::string_view s, std::string_view prefix) {
