@@ -52,7 +52,9 @@ OutQueue::Piece& OutQueue::push(Piece::Kind kind, size_t len) {
 }
 
 void OutQueue::pop_front() {
-  pieces_[head_].block.reset();  // a written span gives its block back now
+  Piece& p = pieces_[head_];
+  p.block.reset();  // a written span gives its block back now
+  if (p.kind == Piece::Mem) std::string().swap(p.mem);  // and a written string its memory
   if (++head_ == pieces_.size()) {
     pieces_.clear();  // keeps the capacity
     head_ = 0;

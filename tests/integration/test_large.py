@@ -156,5 +156,35 @@ class LargeBodyTests(GatewayCase):
 
 
 
+class SmallMemoryBufferTests(GatewayCase):
+    """memory_buffer below the 128 KiB read block: the byte limit still decides when a body
+    spills (a body may pin the one block its connection reads into)."""
+    keep_bodies = False
+
+    @classmethod
+    def gateway(cls):
+        return Daemon([{"name": "up", "path": "/up", "target": cls.rcv.url("/up")}],
+                      limits={"memory_buffer": "64KiB"})
+
+    def test_body_within_memory_buffer_stays_in_memory_and_past_it_spills(self):
+        first = pseudo_random(20_000, b"small-a")
+        second = pseudo_random(90_000, b"small-b")
+        baseline = storage_fds(self.gw.pid, self.gw.storage_dir)
+        c = self.connect()
+        c.send(CHUNKED_HEAD + b"%x\r\n%s\r\n" % (len(first), first))
+        time.sleep(0.5 * SCALE)  # the gateway has read the first chunk by now
+        self.assertEqual(storage_fds(self.gw.pid, self.gw.storage_dir), baseline,
+                         "20 KB of a body with memory_buffer 64KiB went to a spill file")
+        c.send(b"%x\r\n%s\r\n" % (len(second), second))
+        wait_until(lambda: storage_fds(self.gw.pid, self.gw.storage_dir) - baseline,
+                   10 * SCALE, "a spill file once the body passed memory_buffer")
+        c.send(b"0\r\n\r\n")
+        resp = c.final_response(timeout=30 * SCALE)
+        self.assertEqual(resp.status, 200, f"response: {resp}")
+        seen = self.rcv.wait_requests(1)[0]
+        self.assertEqual((seen.body_len, seen.body_sha256),
+                         (len(first) + len(second), hashlib.sha256(first + second).hexdigest()))
+
+
 if __name__ == "__main__":
     unittest.main()
