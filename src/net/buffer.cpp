@@ -40,7 +40,9 @@ void BlockPool::give_back(Block* b) {
 }
 
 OutQueue::Piece& OutQueue::push(Piece::Kind kind, size_t len) {
-  if (head_ > 0 && pieces_.size() == pieces_.capacity()) {  // reuse the drained front first
+  // When full, reuse the written front if it is at least half the queue (so a push never moves
+  // many pending pieces for few freed slots); otherwise the vector grows.
+  if (head_ > 0 && pieces_.size() == pieces_.capacity() && head_ >= pieces_.size() / 2) {
     pieces_.erase(pieces_.begin(), pieces_.begin() + static_cast<std::ptrdiff_t>(head_));
     head_ = 0;
   }
@@ -56,8 +58,12 @@ void OutQueue::pop_front() {
   p.block.reset();  // a written span gives its block back now
   if (p.kind == Piece::Mem) std::string().swap(p.mem);  // and a written string its memory
   if (++head_ == pieces_.size()) {
-    pieces_.clear();  // keeps the capacity
     head_ = 0;
+    if (pieces_.capacity() > kKeptPieces) {
+      std::vector<Piece>().swap(pieces_);  // a burst of tiny pieces does not pin its peak
+    } else {
+      pieces_.clear();  // keeps the capacity
+    }
   }
 }
 

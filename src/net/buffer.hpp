@@ -8,7 +8,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <deque>
 #include <string>
 #include <vector>
 
@@ -124,6 +123,7 @@ class OutQueue {
   // A vector used as a queue: pieces_[head_..] are pending. It keeps its capacity when it
   // drains, so a keep-alive connection queues its responses without allocating (a deque frees
   // and reallocates its blocks as it empties and refills).
+  static constexpr size_t kKeptPieces = 1024;  // capacity kept when the queue drains
   std::vector<Piece> pieces_;
   size_t head_ = 0;
   size_t bytes_ = 0;

@@ -522,10 +522,12 @@ bool InboundConnection::on_body_bytes(const char* p, size_t n) {
     body.held += Block::kSize;
   }
   const char* why = nullptr;
-  // A body may always pin the one block the connection reads into (it exists whether or not
-  // the body spills), so a memory_buffer below Block::kSize still keeps small bodies in memory.
-  const uint64_t may_hold = std::max<uint64_t>(config().limits.memory_buffer, Block::kSize);
-  if ((body.spill_fd < 0 && (body.in_memory > config().limits.memory_buffer || body.held > may_hold)) ||
+  // A body may pin one block more than memory_buffer: the block the connection reads into
+  // exists whether or not the body spills, and a body that crosses a block boundary pins both.
+  // So a memory_buffer below Block::kSize still keeps small bodies in memory.
+  const uint64_t limit = config().limits.memory_buffer;
+  const bool pins_too_much = body.held > Block::kSize && body.held - Block::kSize > limit;  // no overflow
+  if ((body.spill_fd < 0 && (body.in_memory > limit || pins_too_much)) ||
       (body.spill_fd >= 0 && body.in_memory >= kSpillBatch)) {
     if (!spill(&why)) {
       codec_.fail(ErrorKind::InternalError, why);

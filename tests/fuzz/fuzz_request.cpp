@@ -93,7 +93,11 @@ bool llhttp_accepts_all_fields(const RequestHead& head) {
   llhttp_settings_init(&settings);
   llhttp_t parser;
   llhttp_init(&parser, HTTP_REQUEST, &settings);
-  return llhttp_execute(&parser, h.data(), h.size()) == HPE_OK;
+  // llhttp reads Proxy-Connection like Connection: "upgrade" there with an Upgrade field
+  // pauses it as an upgrade (the codec's message-complete pause comes first, so the gateway
+  // is not affected; the Upgrade field is removed as hop-by-hop).
+  const llhttp_errno_t err = llhttp_execute(&parser, h.data(), h.size());
+  return err == HPE_OK || err == HPE_PAUSED_UPGRADE;
 }
 
 struct World {
