@@ -346,6 +346,16 @@ class Response:
         return f"{self.status} {self.reason} {self.headers} {self.body[:300]!r}"
 
 
+def read_request_head(stream: Stream, deadline: Optional[float] = None):
+    """One request head as a receiver reads it: (request-line match, fields, raw head bytes)."""
+    raw = stream.read_until(b"\r\n\r\n", deadline, limit=1 << 20)
+    start, lines = split_head(raw)
+    m = _REQUEST_LINE.match(start)
+    if not m:
+        raise ProtocolError(f"bad request line {start!r}")
+    return m, parse_fields(lines), raw
+
+
 def read_response(stream: Stream, deadline: float, method: str = "POST") -> Response:
     """One response (a 1xx too), framed by the rules a client applies; strict syntax."""
     raw = stream.read_until(b"\r\n\r\n", deadline, limit=1 << 16)
@@ -662,19 +672,14 @@ class StrictReceiver(LoopbackServer):
                 self.closed_by_peer.add(cid)  # clean close between requests
                 self._cv.notify_all()
             return False
-        raw = stream.read_until(b"\r\n\r\n", None, limit=1 << 20)
-        start, lines = split_head(raw)
-        m = _REQUEST_LINE.match(start)
-        if not m:
-            raise ProtocolError(f"bad request line {start!r}")
-        fields = parse_fields(lines)
+        m, fields, raw = read_request_head(stream)
         method = m.group(1).decode()
         cl = header_values(fields, "Content-Length")
         problem = None
         if header_values(fields, "Transfer-Encoding"):
             problem = f"Transfer-Encoding sent: {raw!r}"
         elif m.group(3) != b"HTTP/1.1":
-            problem = f"outbound request not HTTP/1.1: {start!r}"
+            problem = f"outbound request not HTTP/1.1: {m.group(0)!r}"
         elif len(header_values(fields, "Host")) != 1:
             problem = f"not exactly one Host field: {raw!r}"
         elif len(cl) > 1 or (cl and not cl[0].isdigit()):

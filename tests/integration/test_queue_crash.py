@@ -30,12 +30,11 @@ import unittest
 from typing import Callable, Optional
 
 from harness import (SCALE, WAIT, Client, Daemon, PeerClosed, ProtocolError, Stream,
-                     WaitTimeout, build_request, free_port, header_values, parse_fields,
-                     pseudo_random, scaled, send_request, split_head, to_yaml, wait_until)
+                     WaitTimeout, build_request, free_port, header_values, pseudo_random,
+                     read_request_head, scaled, send_request, to_yaml, wait_until)
 
 DEFAULT_SEED = 20261205
 MESSAGE_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")  # Crockford base32, 26 characters
-_REQUEST_LINE = re.compile(rb"^([A-Z]+) (/[\x21-\x7e]*) (HTTP/1\.[01])$")
 SEG_NAME = re.compile(r"^\d{20}\.seg$")
 SEG_HEADER = 40
 FRAME = 9  # u32 payload length, u8 type, u32 crc
@@ -183,12 +182,7 @@ class FlakyReceiver:
             return False  # closed between requests: fine
         t_first = now()
         try:
-            raw = stream.read_until(b"\r\n\r\n", None, limit=1 << 20)
-            start, lines = split_head(raw)
-            m = _REQUEST_LINE.match(start)
-            if not m:
-                raise ProtocolError(f"bad request line {start!r}")
-            fields = parse_fields(lines)
+            m, fields, raw = read_request_head(stream)
             problem = self._check_head(m, fields, raw)
             if problem:
                 self._violation(cid, problem)
@@ -540,6 +534,10 @@ class SigkillTest(unittest.TestCase):
         def client(wid: int):
             crng = random.Random(f"{seed}/client/{wid}")
             c = None
+
+            def report(text: str):
+                with state_lock:
+                    problems.append(f"client {wid}: {text}"[:500])
             try:
                 while True:
                     try:
@@ -554,9 +552,7 @@ class SigkillTest(unittest.TestCase):
                             awaiting.pop(wid, None)
                         c = c or connect()
                         if c is None:
-                            with state_lock:
-                                problems.append(f"client {wid}: could not connect before the "
-                                                f"deadline (message {i})")
+                            report(f"could not connect before the deadline (message {i})")
                             return
                         t_send = now()
                         try:
@@ -571,16 +567,14 @@ class SigkillTest(unittest.TestCase):
                             c = None
                             continue
                         except (WaitTimeout, ProtocolError) as e:
-                            with state_lock:
-                                problems.append(f"client {wid}: message {i}: {e!r}"[:500])
+                            report(f"message {i}: {e!r}")
                             c.close()
                             c = None
                             continue
                         try:
                             mid = accepted_id(resp)
                         except (AssertionError, ValueError) as e:
-                            with state_lock:
-                                problems.append(f"client {wid}: message {i}: {e}"[:500])
+                            report(f"message {i}: {e}")
                             c.close()
                             c = None
                             break
