@@ -19,8 +19,8 @@ class BlockPool;
 // change, so spans into them stay valid while a reference is held.
 struct Block {
   // 128 KiB: a 64 KiB webhook with its head and chunk framing (about 67 KiB) arrives in one
-  // read; with 64 KiB blocks it took two, and the second read's window update (measured: 7-9 %
-  // of the CPU per 64 KiB request). Idle connections hold no block; pages are touched as used.
+  // read; with 64 KiB blocks it took two (measured: 7-9 % more CPU per 64 KiB request).
+  // Idle connections hold no block; pages are touched as used.
   static constexpr size_t kSize = 128 * 1024;
   uint32_t refs = 0;
   size_t used = 0;
