@@ -1,6 +1,8 @@
 // The SPEC 4 error table in one place, reason phrases (RFC 9110 names) and the JSON error body.
 #include "http/errors.hpp"
 
+#include "core/append.hpp"
+
 #include <array>
 
 namespace dechunkd {
@@ -170,41 +172,46 @@ constexpr std::array<bool, 256> make_plain() {
 constexpr std::array<bool, 256> kPlain = make_plain();
 }  // namespace
 
-void json_escape(std::string& out, std::string_view s) {
+void json_escape(StringWriter& out, std::string_view s) {
   static constexpr char kHex[] = "0123456789abcdef";
   size_t i = 0;
   while (i < s.size()) {
-    // Runs of plain printable ASCII (almost everything in a log line) are copied in one append.
+    // Runs of plain printable ASCII (almost everything in a log line) are copied in one put.
     size_t run = i;
     while (run < s.size() && kPlain[static_cast<unsigned char>(s[run])]) ++run;
     if (run > i) {
-      out.append(s.data() + i, run - i);
+      out.put(s.substr(i, run - i));
       i = run;
       continue;
     }
     const auto c = static_cast<unsigned char>(s[i]);
     if (c == '"' || c == '\\') {
-      out.push_back('\\');
-      out.push_back(static_cast<char>(c));
+      out.put('\\');
+      out.put(static_cast<char>(c));
       ++i;
     } else if (c < 0x20 || c == 0x7f) {
       // Every control byte as \u00XX (DEL too: harmless in JSON, keeps log lines clean).
-      out.append("\\u00");
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 0xf]);
+      out.put("\\u00");
+      out.put(kHex[c >> 4]);
+      out.put(kHex[c & 0xf]);
       ++i;
     } else if (c < 0x80) {
-      out.push_back(static_cast<char>(c));
+      out.put(static_cast<char>(c));
       ++i;
     } else if (const size_t len = utf8_sequence(s, i); len > 0) {
-      out.append(s.substr(i, len));
+      out.put(s.substr(i, len));
       i += len;
     } else {
       // JSON text must be UTF-8: an invalid byte (obs-text in a request id, say) becomes U+FFFD.
-      out.append("\\ufffd");
+      out.put("\\ufffd");
       ++i;
     }
   }
+}
+
+void json_escape(std::string& out, std::string_view s) {
+  StringWriter w(out, s.size());
+  json_escape(w, s);
 }
 
 // An empty message falls back to the kind's default sentence: the body always says something.

@@ -6,6 +6,8 @@
 
 namespace dechunkd {
 
+class StringWriter;
+
 enum class ErrorKind {
   BadRequest,          // 400 bad_request
   Unauthorized,        // 401 unauthorized
@@ -38,7 +40,9 @@ std::string_view status_reason(int status);
 // {"error":"<word>","message":"<message>","request_id":"<id>"} with JSON escaping.
 std::string error_body(ErrorKind k, std::string_view message, std::string_view request_id);
 
-// Appends s to out as JSON string content (no surrounding quotes).
+// Appends s to out as JSON string content (no surrounding quotes): control bytes as \u00XX,
+// invalid UTF-8 as \ufffd.
 void json_escape(std::string& out, std::string_view s);
+void json_escape(StringWriter& out, std::string_view s);
 
 }  // namespace dechunkd

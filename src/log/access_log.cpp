@@ -16,12 +16,10 @@ namespace dechunkd {
 namespace {
 constexpr size_t kFlushAt = 64 * 1024;
 
-void append_str(std::string& out, std::string_view key, std::string_view v) {
-  out += '"';
-  out += key;
-  out += "\":\"";
-  json_escape(out, v);
-  out += '"';
+void put_str(StringWriter& w, std::string_view key_open, std::string_view v) {
+  w.put(key_open);  // ,"key":"
+  json_escape(w, v);
+  w.put('"');
 }
 }  // namespace
 
@@ -70,31 +68,31 @@ void AccessLogSink::write(std::string_view data) {
 
 void AccessLog::append(const AccessRecord& r) {
   if (!enabled()) return;
-  buf_ += "{\"time\":\"";
-  append_rfc3339_ms(buf_, r.time_ms);
-  buf_ += "\",";
-  append_str(buf_, "request_id", r.request_id);
-  buf_ += ',';
-  append_str(buf_, "remote", r.remote);
-  buf_ += ',';
-  append_str(buf_, "route", r.route);
-  buf_ += ',';
-  append_str(buf_, "method", r.method);
-  buf_ += ',';
-  append_str(buf_, "path", r.path);
-  buf_ += ",\"status\":";
-  append_decimal(buf_, r.status);
-  buf_ += ",\"bytes_in\":";
-  append_decimal(buf_, static_cast<int64_t>(r.bytes_in));
-  buf_ += ",\"chunked\":";
-  buf_ += r.chunked ? "true" : "false";
-  buf_ += ",\"target_status\":";
-  if (r.target_status < 0) buf_ += "null"; else append_decimal(buf_, r.target_status);
-  buf_ += ",\"target_ms\":";
-  if (r.target_ms < 0) buf_ += "null"; else append_decimal(buf_, r.target_ms);
-  buf_ += ",\"duration_ms\":";
-  append_decimal(buf_, r.duration_ms);
-  buf_ += "}\n";
+  {
+    // The fixed text and numbers fit in 256 bytes; the strings usually need no escaping.
+    StringWriter w(buf_, 256 + r.request_id.size() + r.remote.size() + r.route.size() + r.method.size() +
+                             r.path.size());
+    w.put("{\"time\":\"");
+    append_rfc3339_ms(w, r.time_ms);
+    w.put('"');
+    put_str(w, ",\"request_id\":\"", r.request_id);
+    put_str(w, ",\"remote\":\"", r.remote);
+    put_str(w, ",\"route\":\"", r.route);
+    put_str(w, ",\"method\":\"", r.method);
+    put_str(w, ",\"path\":\"", r.path);
+    w.put(",\"status\":");
+    w.decimal(r.status);
+    w.put(",\"bytes_in\":");
+    w.decimal(static_cast<int64_t>(r.bytes_in));
+    w.put(r.chunked ? ",\"chunked\":true" : ",\"chunked\":false");
+    w.put(",\"target_status\":");
+    if (r.target_status < 0) w.put("null"); else w.decimal(r.target_status);
+    w.put(",\"target_ms\":");
+    if (r.target_ms < 0) w.put("null"); else w.decimal(r.target_ms);
+    w.put(",\"duration_ms\":");
+    w.decimal(r.duration_ms);
+    w.put("}\n");
+  }
   if (buf_.size() >= kFlushAt) flush();
 }
 

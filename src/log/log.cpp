@@ -1,5 +1,7 @@
 #include "log/log.hpp"
 
+#include "core/append.hpp"
+
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -50,7 +52,7 @@ std::string format_rfc3339_ms(int64_t unix_ms) {
   return out;
 }
 
-void append_rfc3339_ms(std::string& out, int64_t unix_ms) {
+void append_rfc3339_ms(StringWriter& out, int64_t unix_ms) {
   time_t secs = static_cast<time_t>(unix_ms / 1000);
   int ms = static_cast<int>(unix_ms % 1000);
   // The date and time change once a second: formatted once per second and thread (the access
@@ -66,8 +68,13 @@ void append_rfc3339_ms(std::string& out, int64_t unix_ms) {
   }
   const char frac[5] = {'.', static_cast<char>('0' + ms / 100), static_cast<char>('0' + ms / 10 % 10),
                         static_cast<char>('0' + ms % 10), 'Z'};
-  out.append(cached, cached_len);
-  out.append(frac, sizeof frac);
+  out.put(std::string_view(cached, cached_len));
+  out.put(std::string_view(frac, sizeof frac));
+}
+
+void append_rfc3339_ms(std::string& out, int64_t unix_ms) {
+  StringWriter w(out, 24);
+  append_rfc3339_ms(w, unix_ms);
 }
 
 void Log::init_from_environment() {

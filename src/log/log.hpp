@@ -10,6 +10,8 @@
 
 namespace dechunkd {
 
+class StringWriter;
+
 class Log {
  public:
   static void set_level(LogLevel level) { level_.store(level, std::memory_order_relaxed); }
@@ -31,6 +33,7 @@ inline void log_debug(std::string_view m) { if (Log::enabled(LogLevel::Debug)) L
 std::string format_rfc3339_ms(int64_t unix_ms);
 // The same, appended to out (the access log's buffer: no string per line).
 void append_rfc3339_ms(std::string& out, int64_t unix_ms);
+void append_rfc3339_ms(StringWriter& out, int64_t unix_ms);
 int64_t wall_clock_ms();
 
 }  // namespace dechunkd

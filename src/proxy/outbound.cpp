@@ -28,7 +28,8 @@
 #include "proxy/outbound.hpp"
 
 #include <array>
-#include <charconv>
+
+#include "core/append.hpp"
 
 namespace dechunkd {
 namespace {
@@ -247,17 +248,11 @@ class Rules {
   LengthMask mask_;  // lengths of every name the rules mention
 };
 
-void put_field(std::string& out, std::string_view name, std::string_view value) {
-  out.append(name);
-  out.append(": ");
-  out.append(value);
-  out.append("\r\n");
-}
-
-void put_uint(std::string& out, uint64_t v) {
-  char buf[24];
-  const auto res = std::to_chars(buf, buf + sizeof buf, v);
-  out.append(buf, static_cast<size_t>(res.ptr - buf));
+void put_field(StringWriter& out, std::string_view name, std::string_view value) {
+  out.put(name);
+  out.put(": ");
+  out.put(value);
+  out.put("\r\n");
 }
 
 bool sends_empty_length(std::string_view method) {
@@ -378,22 +373,22 @@ void build_outbound_head(const OutboundInput& in, std::string& out) {
   for (size_t i = 0; xff_rule_keep && !xff_emit && i < h.fields.size(); ++i) {
     xff_emit = !h.fields[i].value.empty() && xff_kept(h.fields[i]);
   }
-  auto put_xff = [&](size_t from) {
-    out.append(kXff);
-    out.append(": ");
+  auto put_xff = [&](StringWriter& w, size_t from) {
+    w.put(kXff);
+    w.put(": ");
     bool first = true;
     for (size_t i = from; i < h.fields.size(); ++i) {
       const HeaderField& f = h.fields[i];
       if (f.value.empty() || !xff_kept(f)) continue;
-      if (!first) out.append(", ");
-      out.append(f.value);
+      if (!first) w.put(", ");
+      w.put(f.value);
       first = false;
     }
     if (!in.client_addr.empty()) {
-      if (!first) out.append(", ");
-      out.append(in.client_addr);
+      if (!first) w.put(", ");
+      w.put(in.client_addr);
     }
-    out.append("\r\n");
+    w.put("\r\n");
   };
 
   const size_t estimate = h.method.size() + in.request_target.size() + 12 + fields_bytes +
@@ -404,12 +399,14 @@ void build_outbound_head(const OutboundInput& in, std::string& out) {
   if (merge) {
     for (const HeaderField& t : *in.trailers) trailer_bytes += t.name.size() + t.value.size() + 4;
   }
-  out.reserve(out.size() + estimate + trailer_bytes);
+  // The estimate is an upper bound in practice (a received X-Forwarded-For is counted once in
+  // fields_bytes however it is combined); StringWriter grows if it is not.
+  StringWriter w(out, estimate + trailer_bytes);
 
-  out.append(h.method);
-  out.push_back(' ');
-  out.append(in.request_target);
-  out.append(" HTTP/1.1\r\n");
+  w.put(h.method);
+  w.put(' ');
+  w.put(in.request_target);
+  w.put(" HTTP/1.1\r\n");
 
   bool host_done = false;
   bool xff_done = false;
@@ -417,12 +414,12 @@ void build_outbound_head(const OutboundInput& in, std::string& out) {
     const HeaderField& f = h.fields[i];
     switch (classify(f.name)) {
       case Known::Host:
-        if (host_emit && !host_done) put_field(out, kHost, host_value);
+        if (host_emit && !host_done) put_field(w, kHost, host_value);
         host_done = true;
         continue;
       case Known::Xff:
         if (xff_emit && !xff_done && xff_kept(f)) {
-          put_xff(i);
+          put_xff(w, i);
           xff_done = true;
         }
         continue;
@@ -440,35 +437,35 @@ void build_outbound_head(const OutboundInput& in, std::string& out) {
     }
     if (conn.contains(f.name) || stripped(f.name)) continue;
     if (rules.of(f.name) != Rule::Keep) continue;
-    put_field(out, f.name, f.value);
+    put_field(w, f.name, f.value);
   }
-  if (host_emit && !host_done) put_field(out, kHost, host_value);
-  if (xff_emit && !xff_done) put_xff(0);
+  if (host_emit && !host_done) put_field(w, kHost, host_value);
+  if (xff_emit && !xff_done) put_xff(w, 0);
 
-  rules.for_each_set([&out](std::string_view name, std::string_view value) {
-    put_field(out, name, value);
+  rules.for_each_set([&w](std::string_view name, std::string_view value) {
+    put_field(w, name, value);
   });
 
   if (merge) {
     for (const HeaderField& t : *in.trailers) {
       if (!trailer_mergeable(t.name, route)) continue;
       if (conn.contains(t.name) || stripped(t.name) || rules.of(t.name) != Rule::Keep) continue;
-      put_field(out, t.name, t.value);
+      put_field(w, t.name, t.value);
     }
   }
 
-  if (rules.of(kXfp) == Rule::Keep) put_field(out, kXfp, in.inbound_tls ? "https" : "http");
-  if (has_recv_host && rules.of(kXfh) == Rule::Keep) put_field(out, kXfh, recv_host);
+  if (rules.of(kXfp) == Rule::Keep) put_field(w, kXfp, in.inbound_tls ? "https" : "http");
+  if (has_recv_host && rules.of(kXfh) == Rule::Keep) put_field(w, kXfh, recv_host);
   if (in.request_id_generated && !in.request_id.empty() && rules.of(kRequestId) == Rule::Keep) {
-    put_field(out, kRequestId, in.request_id);
+    put_field(w, kRequestId, in.request_id);
   }
 
   if (h.framing != Framing::None || sends_empty_length(h.method)) {
-    out.append("Content-Length: ");
-    put_uint(out, h.framing != Framing::None ? in.body_length : 0);
-    out.append("\r\n");
+    w.put("Content-Length: ");
+    w.decimal(h.framing != Framing::None ? in.body_length : uint64_t{0});
+    w.put("\r\n");
   }
-  out.append("\r\n");
+  w.put("\r\n");
 }
 
 }  // namespace dechunkd

@@ -732,7 +732,6 @@ void InboundConnection::outbound_head(const TargetConfig* target, std::string_vi
   in.trailers = &trailer_fields;
   in.body_length = ctx_.body.size;
   for (const std::string& n : ctx_.strip_names) in.strip_names.push_back(n);
-  out.reserve(out.size() + 512 + ctx_.head.raw.size());
   build_outbound_head(in, out);
 }
 
@@ -862,16 +861,21 @@ void InboundConnection::serve_echo() {
 // ---------------------------------------------------------------------------------------------
 // Response side
 
-void InboundConnection::append_common_headers(std::string& h, bool close) {
-  h += "X-Request-Id: ";
-  h += ctx_.request_id;
-  h += "\r\n";
+void InboundConnection::append_common_headers(StringWriter& h, bool close) {
+  h.put("X-Request-Id: ");
+  h.put(ctx_.request_id);
+  h.put("\r\n");
   if (close) {
-    h += "Connection: close\r\n";
+    h.put("Connection: close\r\n");
   } else if (ctx_.head.version_minor == 0) {
-    h += "Connection: keep-alive\r\n";
+    h.put("Connection: keep-alive\r\n");
   }
-  h += "\r\n";
+  h.put("\r\n");
+}
+
+void InboundConnection::append_common_headers(std::string& h, bool close) {
+  StringWriter w(h, 64 + ctx_.request_id.size());
+  append_common_headers(w, close);
 }
 
 void InboundConnection::set_target_status(int status, int64_t ms) {
@@ -884,7 +888,9 @@ void InboundConnection::relay_head(const ResponseCodec& resp) {
   status_ = resp.status();
   std::vector<std::string_view>& conn_tokens = conn_tokens_;  // keeps its capacity
   conn_tokens.clear();
+  size_t fields_bytes = 0;
   for (auto& f : resp.headers()) {
+    fields_bytes += f.first.size() + f.second.size() + 4;
     if (iequals(f.first, "connection")) split_tokens(f.second, conn_tokens);
   }
   // The head is built into a kept buffer queued by reference when nothing else is queued (so
@@ -893,37 +899,41 @@ void InboundConnection::relay_head(const ResponseCodec& resp) {
   std::string owned;
   std::string& h = borrow ? resp_head_ : owned;
   h.clear();
-  h += "HTTP/1.1 ";
-  append_decimal(h, static_cast<uint64_t>(resp.status()));
-  h += ' ';
-  h += resp.reason();  // relayed as received, also when empty
-  h += "\r\n";
-  for (auto& f : resp.headers()) {
-    if (skip_response_field(f.first, conn_tokens)) continue;
-    h += f.first;
-    h += ": ";
-    h += f.second;
-    h += "\r\n";
-  }
   chunked_out_ = false;
-  bool head_req = ctx_.head.method == "HEAD";
-  if (resp.no_body() || head_req) {
-    if (resp.has_content_length()) {
-      h += "Content-Length: ";
-      append_decimal(h, resp.content_length());
-      h += "\r\n";
+  {
+    // Status line, relayed fields, framing and the common fields: an upper bound.
+    StringWriter w(h, 160 + resp.reason().size() + fields_bytes + ctx_.request_id.size());
+    w.put("HTTP/1.1 ");
+    w.decimal(resp.status());
+    w.put(' ');
+    w.put(resp.reason());  // relayed as received, also when empty
+    w.put("\r\n");
+    for (auto& f : resp.headers()) {
+      if (skip_response_field(f.first, conn_tokens)) continue;
+      w.put(f.first);
+      w.put(": ");
+      w.put(f.second);
+      w.put("\r\n");
     }
-  } else if (resp.has_content_length()) {
-    h += "Content-Length: ";
-    append_decimal(h, resp.content_length());
-    h += "\r\n";
-  } else if (ctx_.head.version_minor == 1) {
-    h += "Transfer-Encoding: chunked\r\n";  // responses are streamed, never de-chunked (SPEC 10)
-    chunked_out_ = true;
-  } else {
-    close_after_ = true;  // an HTTP/1.0 client gets a close-delimited body
+    bool head_req = ctx_.head.method == "HEAD";
+    if (resp.no_body() || head_req) {
+      if (resp.has_content_length()) {
+        w.put("Content-Length: ");
+        w.decimal(resp.content_length());
+        w.put("\r\n");
+      }
+    } else if (resp.has_content_length()) {
+      w.put("Content-Length: ");
+      w.decimal(resp.content_length());
+      w.put("\r\n");
+    } else if (ctx_.head.version_minor == 1) {
+      w.put("Transfer-Encoding: chunked\r\n");  // responses are streamed, never de-chunked (SPEC 10)
+      chunked_out_ = true;
+    } else {
+      close_after_ = true;  // an HTTP/1.0 client gets a close-delimited body
+    }
+    append_common_headers(w, will_close());
   }
-  append_common_headers(h, will_close());
   if (borrow) out_.add_borrowed(h.data(), h.size());
   else out_.add(std::move(h));
   response_started_ = true;
@@ -1137,8 +1147,8 @@ void InboundConnection::account_request() {
   AccessRecord r;
   r.time_ms = start_wall_ms_;
   r.request_id = ctx_.request_id;
-  std::string remote = effective_ip_.empty() || effective_ip_ == ctx_.client_ip ? remote_ : effective_ip_;
-  r.remote = remote;
+  r.remote = effective_ip_.empty() || effective_ip_ == ctx_.client_ip ? std::string_view(remote_)
+                                                                     : std::string_view(effective_ip_);
   r.route = route_name;
   r.method = ctx_.head.method;
   r.path = ctx_.head.path;

@@ -132,6 +132,7 @@ class InboundConnection : public BodySink, public ExchangeSink {
 
   void send_error(ErrorKind kind, std::string_view message, bool close);
   void append_common_headers(std::string& h, bool close);
+  void append_common_headers(StringWriter& h, bool close);
   void flush_output();
   void begin_close();       // write what is queued, then linger and close
   void start_linger();

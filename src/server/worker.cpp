@@ -215,6 +215,7 @@ void Worker::new_request_id(std::string& id) {
   // xorshift128+: fast and unpredictable enough for correlation ids (not a secret).
   static constexpr char kHex[] = "0123456789abcdef";
   id.assign(32, '0');
+  char* d = id.data();  // written through a pointer: operator[] would reload the buffer per byte
   for (int half = 0; half < 2; ++half) {
     uint64_t s1 = id_state_[0];
     const uint64_t s0 = id_state_[1];
@@ -223,7 +224,7 @@ void Worker::new_request_id(std::string& id) {
     id_state_[1] = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26);
     uint64_t v = id_state_[1] + s0;
     for (int i = 0; i < 16; ++i) {
-      id[half * 16 + i] = kHex[v & 15];
+      d[half * 16 + i] = kHex[v & 15];
       v >>= 4;
     }
   }
