@@ -96,7 +96,7 @@ InboundConnection::InboundConnection(Worker& worker, int fd, const sockaddr_stor
   ctx_.runtime = worker_.runtime();
   read_ev_.reset(event_new(worker_.base(), fd_, EV_READ | EV_PERSIST, on_read, this));
   write_ev_.reset(event_new(worker_.base(), fd_, EV_WRITE | EV_PERSIST, on_write, this));
-  timer_ev_.reset(event_new(worker_.base(), -1, 0, on_timer, this));
+  timer_.emplace(worker_.base(), on_timer, this);
 }
 
 InboundConnection::~InboundConnection() {
@@ -104,7 +104,7 @@ InboundConnection::~InboundConnection() {
   call_.reset();
   read_ev_.reset();
   write_ev_.reset();
-  timer_ev_.reset();
+  timer_.reset();
   transport_.reset();
   if (fd_ >= 0) ::close(fd_);
 }
@@ -145,7 +145,7 @@ void InboundConnection::abort() {
   close_now();
 }
 
-void InboundConnection::arm_timer(milliseconds d) { dechunkd::arm_timer(timer_ev_.get(), d); }
+void InboundConnection::arm_timer(milliseconds d) { timer_->set(d); }
 
 bool InboundConnection::will_close() const { return close_after_ || draining_; }
 
@@ -156,7 +156,7 @@ void InboundConnection::close_now() {
   if (call_) call_->cancel();
   event_del(read_ev_.get());
   event_del(write_ev_.get());
-  event_del(timer_ev_.get());
+  timer_->stop();
   if (fd_ >= 0) {
     ::close(fd_);
     fd_ = -1;
@@ -201,7 +201,7 @@ void InboundConnection::on_write(evutil_socket_t, short, void* arg) {
   static_cast<InboundConnection*>(arg)->handle_writable();
 }
 
-void InboundConnection::on_timer(evutil_socket_t, short, void* arg) {
+void InboundConnection::on_timer(void* arg) {
   static_cast<InboundConnection*>(arg)->handle_timeout();
 }
 
@@ -603,7 +603,7 @@ void InboundConnection::body_complete() {
   }
   ctx_.trailers = codec_.trailers();
   set_state(State::Handling);
-  event_del(timer_ev_.get());
+  timer_->clear();
   dispatch_pending_ = true;  // process() dispatches once the rest of the read is stashed
 }
 
@@ -1010,7 +1010,7 @@ void InboundConnection::send_error(ErrorKind kind, std::string_view message, boo
   if (state_ == State::ReadingHead || state_ == State::ReadingBody) {
     // Answered before the request was read: the rest of it is never read (SPEC 11).
     set_state(State::Handling);
-    event_del(timer_ev_.get());
+    timer_->clear();
   }
   finish_response();
 }
@@ -1041,7 +1041,7 @@ void InboundConnection::flush_output() {
       write_enabled_ = true;
     }
     // timeouts.send: restarted whenever the client takes bytes.
-    if (out_.pending() != before || !event_pending(timer_ev_.get(), EV_TIMEOUT, nullptr)) {
+    if (out_.pending() != before || !timer_->pending()) {
       arm_timer(config().timeouts.send);
     }
     if (call_ && out_.pending() < kLowWatermark) call_->client_drained();
@@ -1053,7 +1053,7 @@ void InboundConnection::flush_output() {
   }
   if (call_) call_->client_drained();
   if (state_ == State::Handling) {
-    event_del(timer_ev_.get());
+    timer_->clear();
     if (response_complete_) request_done();
   } else if (state_ == State::Closing && !closing_shutdown_) {
     start_linger();

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,7 @@
 #include "http/errors.hpp"
 #include "http/request_head.hpp"
 #include "net/buffer.hpp"
+#include "net/deadline.hpp"
 #include "net/event.hpp"
 #include "net/transport.hpp"
 #include "router/router.hpp"
@@ -108,7 +110,7 @@ class InboundConnection : public BodySink, public ExchangeSink {
 
   static void on_read(evutil_socket_t, short, void* arg);
   static void on_write(evutil_socket_t, short, void* arg);
-  static void on_timer(evutil_socket_t, short, void* arg);
+  static void on_timer(void* arg);
 
   void handle_readable();
   void handle_writable();
@@ -154,7 +156,8 @@ class InboundConnection : public BodySink, public ExchangeSink {
   sockaddr_storage effective_addr_{};
   std::string listen_address_;    // listen_key() of the listen entry this connection came in on
   State state_ = State::ReadingHead;
-  EventPtr read_ev_, write_ev_, timer_ev_;
+  EventPtr read_ev_, write_ev_;
+  std::optional<Deadline> timer_;  // header, body, send, idle or linger: which one the state says
   bool read_enabled_ = false;
   bool write_enabled_ = false;
 

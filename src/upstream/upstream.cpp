@@ -26,7 +26,7 @@ UpstreamConn::UpstreamConn(Worker& w, int fd, std::string key)
     : fd_(fd), key_(std::move(key)), transport_(std::make_unique<PlainTransport>(fd)) {
   read_ev_.reset(event_new(w.base(), fd_, EV_READ | EV_PERSIST, on_read, this));
   write_ev_.reset(event_new(w.base(), fd_, EV_WRITE | EV_PERSIST, on_write, this));
-  idle_timer_.reset(event_new(w.base(), -1, 0, on_idle, this));
+  idle_timer_.emplace(w.base(), on_idle, this);
 }
 
 UpstreamConn::~UpstreamConn() {
@@ -59,7 +59,7 @@ void UpstreamConn::on_write(evutil_socket_t, short, void* arg) {
   if (c->handler_) c->handler_->upstream_writable(*c);
 }
 
-void UpstreamConn::on_idle(evutil_socket_t, short, void* arg) {
+void UpstreamConn::on_idle(void* arg) {
   auto* c = static_cast<UpstreamConn*>(arg);
   if (c->handler_) c->handler_->upstream_idle_timeout(*c);
 }
@@ -152,7 +152,7 @@ struct ProxyCall::DnsRequest {
 };
 
 ProxyCall::ProxyCall(Worker& w, ExchangeSink& sink) : worker_(w), in_(sink) {
-  timer_.reset(event_new(w.base(), -1, 0, on_timer, this));
+  timer_.emplace(w.base(), on_timer, this);
 }
 
 ProxyCall::~ProxyCall() { cancel(); }
@@ -190,7 +190,7 @@ void ProxyCall::cancel() {
     evdns_getaddrinfo_cancel(dns_->req);
     dns_ = nullptr;
   }
-  if (timer_) event_del(timer_.get());
+  timer_->clear();
   conn_.reset();
   state_ = State::Done;
 }
@@ -203,7 +203,7 @@ milliseconds ProxyCall::response_timeout() const {
   return target_->timeout ? *target_->timeout : req_.runtime->config->timeouts.upstream_response;
 }
 
-void ProxyCall::arm(milliseconds d) { arm_timer(timer_.get(), d); }
+void ProxyCall::arm(milliseconds d) { timer_->set(d); }
 
 void ProxyCall::start() {
   target_ = req_.target;
@@ -540,7 +540,7 @@ void ProxyCall::read_response() {
       }
       if (st == ResponseCodec::Status::NeedMore) break;
       if (!head_relayed_) {
-        event_del(timer_.get());
+        timer_->clear();
         head_relayed_ = true;
         in_.set_target_status(resp_.status(), std::chrono::duration_cast<milliseconds>(
                                                   std::chrono::steady_clock::now() - started_).count());
@@ -581,7 +581,7 @@ bool ProxyCall::on_body_bytes(const char* p, size_t n) {
 }
 
 void ProxyCall::finish_success() {
-  event_del(timer_.get());
+  timer_->clear();
   bool reusable = conn_ && state_ == State::Receiving && resp_.keep_alive();
   state_ = State::Done;
   if (reusable) {
@@ -595,7 +595,7 @@ void ProxyCall::finish_success() {
 void ProxyCall::fail(ErrorKind kind, const std::string& reason) {
   if (state_ == State::Done) return;
   state_ = State::Done;
-  event_del(timer_.get());
+  timer_->clear();
   conn_.reset();
   if (req_.log_failures) log_warn(std::string("route=") + req_.route_name + " target=" + req_.runtime->target_label(*target_) +
            " request_id=" + req_.request_id + ": " + reason + " (" + std::to_string(error_status(kind)) + " " +
@@ -603,7 +603,7 @@ void ProxyCall::fail(ErrorKind kind, const std::string& reason) {
   in_.upstream_failed(kind, reason);
 }
 
-void ProxyCall::on_timer(evutil_socket_t, short, void* arg) {
+void ProxyCall::on_timer(void* arg) {
   auto* self = static_cast<ProxyCall*>(arg);
   switch (self->state_) {
     case State::Resolving:

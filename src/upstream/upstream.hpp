@@ -6,6 +6,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -13,6 +14,7 @@
 #include "config/config.hpp"
 #include "http/codec.hpp"
 #include "net/buffer.hpp"
+#include "net/deadline.hpp"
 #include "net/event.hpp"
 #include "net/transport.hpp"
 #include "server/worker.hpp"
@@ -48,18 +50,19 @@ class UpstreamConn {
   void want_write(bool on);
   void activate_read() { event_active(read_ev_.get(), EV_READ, 0); }  // TLS-buffered input
   bool reused = false;          // taken from the pool (may have been closed by the target)
-  void arm_idle_timer(std::chrono::milliseconds d) { arm_timer(idle_timer_.get(), d); }
-  void disarm_idle_timer() { event_del(idle_timer_.get()); }
+  void arm_idle_timer(std::chrono::milliseconds d) { idle_timer_->set(d); }
+  void disarm_idle_timer() { idle_timer_->clear(); }
 
  private:
   static void on_read(evutil_socket_t, short, void* arg);
   static void on_write(evutil_socket_t, short, void* arg);
-  static void on_idle(evutil_socket_t, short, void* arg);
+  static void on_idle(void* arg);
   int fd_;
   std::string key_;
   std::unique_ptr<Transport> transport_;
   UpstreamHandler* handler_ = nullptr;
-  EventPtr read_ev_, write_ev_, idle_timer_;
+  EventPtr read_ev_, write_ev_;
+  std::optional<Deadline> idle_timer_;  // armed while the connection waits in the pool
   bool reading_ = false, writing_ = false;
 };
 
@@ -146,7 +149,7 @@ class ProxyCall : public UpstreamHandler, public BodySink, public Deferred {
   };
   struct DnsRequest;
   friend struct DnsRequest;
-  static void on_timer(evutil_socket_t, short, void* arg);
+  static void on_timer(void* arg);
 
   void connect_fresh();
   void resolved(int err, std::vector<sockaddr_storage> addrs);
@@ -172,7 +175,7 @@ class ProxyCall : public UpstreamHandler, public BodySink, public Deferred {
   State state_ = State::Resolving;
   std::unique_ptr<UpstreamConn> conn_;
   DnsRequest* dns_ = nullptr;
-  EventPtr timer_;
+  std::optional<Deadline> timer_;
   OutQueue out_;
   ResponseCodec resp_;
   BlockRef cur_block_;
