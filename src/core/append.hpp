@@ -45,6 +45,7 @@ class StringWriter {
   StringWriter& operator=(const StringWriter&) = delete;
 
   void put(std::string_view v) {
+    if (v.empty()) return;  // a default view's data() is null: no memcpy from it
     if (static_cast<size_t>(end_ - p_) < v.size()) grow(v.size());
     std::memcpy(p_, v.data(), v.size());
     p_ += v.size();
@@ -67,8 +68,9 @@ class StringWriter {
 
  private:
   void grow(size_t n) {
+    // Doubles what was written (not the room: a long buffer with a short estimate stays short).
     const size_t at = static_cast<size_t>(p_ - s_.data());
-    s_.resize(std::max(s_.size() * 2, at + n + 64));
+    s_.resize(std::max(at * 2, at + n) + 64);
     p_ = s_.data() + at;
     end_ = s_.data() + s_.size();
   }

@@ -20,7 +20,8 @@ class Deadline {
   Deadline(const Deadline&) = delete;
   Deadline& operator=(const Deadline&) = delete;
 
-  // Due d from now, replacing any earlier setting.
+  // Due d from now, replacing any earlier setting. The callback runs at least 1 ms after the call
+  // (a zero or sub-millisecond d is not "at once").
   void set(std::chrono::milliseconds d);
   // Not due at all. The libevent timer may stay armed; it does nothing when it fires.
   void clear() { due_ = Clock::time_point{}; }

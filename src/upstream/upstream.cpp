@@ -557,12 +557,15 @@ void ProxyCall::read_response() {
     }
     in_.flush_relayed();
     if (state_ == State::Done) return;
-    if (head_relayed_) arm(req_.runtime->config->timeouts.upstream_idle);
     if (in_.client_backlogged()) {
+      // The client is the slow one now: upstream_idle waits until reading resumes, and
+      // timeouts.send guards the client meanwhile.
+      timer_->clear();
       reading_paused_ = true;
       conn_->want_read(false);
       return;
     }
+    if (head_relayed_) arm(req_.runtime->config->timeouts.upstream_idle);
   }
   if (conn_ && conn_->transport().has_buffered_input()) conn_->activate_read();
 }
@@ -570,6 +573,8 @@ void ProxyCall::read_response() {
 void ProxyCall::client_drained() {
   if (!reading_paused_ || state_ == State::Done || !conn_) return;
   reading_paused_ = false;
+  if (head_relayed_) arm(req_.runtime->config->timeouts.upstream_idle);
+  else arm(response_timeout());
   conn_->want_read(true);
   if (conn_->transport().has_buffered_input()) conn_->activate_read();
 }

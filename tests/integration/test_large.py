@@ -188,3 +188,26 @@ class SmallMemoryBufferTests(GatewayCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class SlowClientTests(GatewayCase):
+    """A client that reads the response slowly pauses the gateway's reading from the target
+    (backpressure). That pause is the client's, not the target's: upstream_idle must not end the
+    response while it lasts (timeouts.send guards the client)."""
+    keep_bodies = False
+
+    @classmethod
+    def gateway(cls):
+        return Daemon([{"name": "up", "path": "/up", "target": cls.rcv.url("/up")}],
+                      timeouts={"upstream_idle": "1s", "send": "30s"})
+
+    def test_client_stalling_past_upstream_idle_still_gets_the_whole_response(self):
+        body = pseudo_random(16 * MIB, b"stall")
+        self.rcv.reply_with(Reply(body=body))
+        c = self.connect()
+        c.send(build_request("GET", "/up"))
+        time.sleep(2.5 * SCALE)  # reading nothing, well past upstream_idle (1 s)
+        resp = c.final_response("GET", timeout=30 * SCALE)
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(len(resp.body), len(body), "the response was cut short")
+        self.assertEqual(hashlib.sha256(resp.body).digest(), hashlib.sha256(body).digest())

@@ -23,6 +23,7 @@ TEST_CASE("StringWriter: appends after what the string holds and trims to what w
     w.put('f');
     w.decimal(-42);
     w.put(std::string_view("\0x", 2));
+    w.put(std::string_view());  // a default view (null data) adds nothing
     CHECK(s.size() == 103);  // the room counts until finish
   }
   CHECK(s == "abcdef-42\0x"s);
