@@ -915,22 +915,18 @@ void InboundConnection::relay_head(const ResponseCodec& resp) {
       w.put(f.second);
       w.put("\r\n");
     }
-    bool head_req = ctx_.head.method == "HEAD";
-    if (resp.no_body() || head_req) {
-      if (resp.has_content_length()) {
-        w.put("Content-Length: ");
-        w.decimal(resp.content_length());
-        w.put("\r\n");
-      }
-    } else if (resp.has_content_length()) {
-      w.put("Content-Length: ");
+    const bool bodiless = resp.no_body() || ctx_.head.method == "HEAD";
+    if (resp.has_content_length()) {
+      w.put("Content-Length: ");  // also for HEAD, 204 and 304: what the target declared
       w.decimal(resp.content_length());
       w.put("\r\n");
-    } else if (ctx_.head.version_minor == 1) {
-      w.put("Transfer-Encoding: chunked\r\n");  // responses are streamed, never de-chunked (SPEC 10)
-      chunked_out_ = true;
-    } else {
-      close_after_ = true;  // an HTTP/1.0 client gets a close-delimited body
+    } else if (!bodiless) {
+      if (ctx_.head.version_minor == 1) {
+        w.put("Transfer-Encoding: chunked\r\n");  // responses are streamed, never de-chunked (SPEC 10)
+        chunked_out_ = true;
+      } else {
+        close_after_ = true;  // an HTTP/1.0 client gets a close-delimited body
+      }
     }
     append_common_headers(w, will_close());
   }
