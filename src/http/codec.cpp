@@ -14,6 +14,16 @@ struct LlhttpState {
 namespace {
 constexpr uint64_t kMaxChunkExtensionBytes = 4096;  // SPEC 11
 constexpr size_t kMaxResponseHead = 64 * 1024;     // a target's head beyond this is malformed
+
+// A control byte other than HTAB, or DEL: never allowed in a chunk extension (RFC 9112 7.1.1,
+// quoted-string's qdtext) nor in a field value.
+bool has_control_byte(const char* p, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const auto c = static_cast<unsigned char>(p[i]);
+    if ((c < 0x20 && c != '\t') || c == 0x7f) return true;
+  }
+  return false;
+}
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -62,7 +72,15 @@ struct RequestCallbacks {
     }
     return 0;
   }
-  static int on_ext_data(llhttp_t* p, const char*, size_t len) { return add_ext(p, len); }
+  static int on_ext_data(llhttp_t* p, const char* at, size_t len) {
+    // llhttp 8.1.0 passes control bytes and DEL inside a quoted extension value; RFC 9112's
+    // qdtext does not allow them (the fuzzer's reference reader found the difference).
+    if (has_control_byte(at, len)) {
+      self(p)->fail(ErrorKind::BadRequest, "a chunk extension contains a control character");
+      return HPE_USER;
+    }
+    return add_ext(p, len);
+  }
   static int on_ext_complete(llhttp_t* p) { return add_ext(p, 1); }  // the ';' or '='
 
   // Trailer fields (the head's fields were validated by parse_request_head and are ignored).
@@ -88,13 +106,10 @@ struct RequestCallbacks {
     return trailer_bytes(c, at, len, &c->cur_value_);
   }
   static int trailer_bytes(RequestCodec* c, const char* at, size_t len, std::string* into) {
-    for (size_t i = 0; i < len; ++i) {
-      unsigned char ch = static_cast<unsigned char>(at[i]);
-      // llhttp 8.1.0 passes obs-fold and some control bytes through: refuse them here.
-      if ((ch < 0x20 && ch != '\t') || ch == 0x7f) {
-        c->fail(ErrorKind::BadRequest, "a trailer field contains a control character or obs-fold");
-        return HPE_USER;
-      }
+    // llhttp 8.1.0 passes obs-fold and some control bytes through: refuse them here.
+    if (has_control_byte(at, len)) {
+      c->fail(ErrorKind::BadRequest, "a trailer field contains a control character or obs-fold");
+      return HPE_USER;
     }
     c->trailer_bytes_ += len;
     if (c->limits_.max_header_size - c->limits_.head_bytes_used < c->trailer_bytes_) {
@@ -387,6 +402,14 @@ struct ResponseCallbacks {
     if (c->no_body_) return 1;
     return HPE_PAUSED;
   }
+  static int on_chunk_extension(llhttp_t* p, const char* at, size_t len) {
+    // As for requests: llhttp 8.1.0 lets control bytes and DEL through a quoted value.
+    if (has_control_byte(at, len)) {
+      self(p)->fail("the target's chunk extension contains a control character");
+      return HPE_USER;
+    }
+    return 0;
+  }
   static int on_body(llhttp_t* p, const char* at, size_t len) {
     ResponseCodec* c = self(p);
     if (!c->sink_->on_body_bytes(at, len)) {
@@ -413,6 +436,8 @@ struct ResponseCallbacks {
       x.on_header_value_complete = on_header_value_complete;
       x.on_headers_complete = on_headers_complete;
       x.on_body = on_body;
+      x.on_chunk_extension_name = on_chunk_extension;
+      x.on_chunk_extension_value = on_chunk_extension;
       x.on_message_complete = on_message_complete;
       return x;
     }();

@@ -175,6 +175,30 @@ TEST_CASE("chunk extensions are capped at 4 KiB per line") {
   CHECK(run_request(kChunkedHead, two, 0).status == RequestCodec::Status::Complete);
 }
 
+TEST_CASE("chunk extensions: control bytes and DEL are refused, also inside quotes") {
+  // RFC 9112 7.1.1: a quoted chunk-ext-val is qdtext / quoted-pair (HTAB, SP, VCHAR except '"'
+  // and '\\', obs-text). llhttp 8.1.0 passes DEL and other controls inside the quotes; the
+  // fuzzer's strict reader did not (corpus entry chunk_ext_quoted_del).
+  const std::string bad[] = {
+      "5;a=\"b\x7f\"\r\nhello\r\n0\r\n\r\n",
+      "5;a=\"b\x01c\"\r\nhello\r\n0\r\n\r\n",
+      "5;a=\"b Upgrade\x7f\x7f: c\xff\t\"\r\nhello\r\n0\r\n\r\n",
+  };
+  for (const std::string& wire : bad) {
+    for (size_t split = 0; split <= wire.size(); ++split) {
+      CAPTURE(wire);
+      CAPTURE(split);
+      RequestRun r = run_request(kChunkedHead, wire, split);
+      CHECK(r.status == RequestCodec::Status::Error);
+      CHECK(r.error == ErrorKind::BadRequest);
+    }
+  }
+  // HTAB, SP and obs-text are qdtext.
+  RequestRun ok = run_request(kChunkedHead, "5;a=\"b\t c\xff\"\r\nhello\r\n0\r\n\r\n", 0);
+  CHECK(ok.status == RequestCodec::Status::Complete);
+  CHECK(ok.body == "hello");
+}
+
 TEST_CASE("trailers: kept for merge, checked, counted toward the header limits") {
   RequestRun r = run_request(kChunkedHead, "1\r\nx\r\n0\r\nX-Sum: abc\r\nX-Other: 1\r\n\r\n", 0);
   REQUIRE(r.status == RequestCodec::Status::Complete);
@@ -280,4 +304,17 @@ TEST_CASE("responses: close-delimited, HEAD, 204, malformed") {
   CHECK(truncated.error);
   ResponseRun no_head = run_response("HTTP/1.1 200 OK\r\nContent-Le", 0, false, true);
   CHECK(no_head.error);
+}
+
+TEST_CASE("responses: a chunk extension with a control byte or DEL is malformed") {
+  const std::string head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+  for (const std::string body : {"3;a=\"x\x7f\"\r\nabc\r\n0\r\n\r\n", "3;a=\"x\x02\"\r\nabc\r\n0\r\n\r\n"}) {
+    for (size_t split = 0; split <= head.size() + body.size(); ++split) {
+      CAPTURE(split);
+      CHECK(run_response(head + body, split).error);
+    }
+  }
+  ResponseRun ok = run_response(head + "3;a=\"x\ty\"\r\nabc\r\n0\r\n\r\n", 0);
+  CHECK(ok.complete);
+  CHECK(ok.body == "abc");
 }
