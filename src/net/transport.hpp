@@ -36,6 +36,8 @@ class Transport {
   virtual bool read_wants_write() const { return false; }
   virtual bool write_wants_read() const { return false; }
   virtual bool is_tls() const { return false; }
+  // TLS: the handshake has not finished yet.
+  virtual bool handshaking() const { return false; }
   // Sends close_notify (TLS) before the caller shuts the socket down.
   virtual void shutdown_tls() {}
   // The TLS failure reason (OpenSSL error queue, certificate verification result).
@@ -67,6 +69,7 @@ class TlsTransport final : public Transport {
   bool read_wants_write() const override { return read_wants_write_; }
   bool write_wants_read() const override { return write_wants_read_; }
   bool is_tls() const override { return true; }
+  bool handshaking() const override { return !handshake_done(); }
   void shutdown_tls() override;
   std::string error_detail() const override { return detail_; }
   bool handshake_done() const { return SSL_is_init_finished(ssl_.get()) == 1; }

@@ -230,7 +230,12 @@ void InboundConnection::handle_timeout() {
 }
 
 void InboundConnection::handle_readable() {
-  if (transport_->write_wants_read() && !out_.empty()) flush_output();  // TLS: a write waited for input
+  if (transport_->write_wants_read()) {
+    // TLS: a write waited for the client's bytes (the handshake). Its bytes may sit in the
+    // transport with out_ empty. While it still waits, nothing else may read the socket.
+    flush_output();
+    if (state_ == State::Closed || transport_->write_wants_read()) return;
+  }
   if (state_ == State::Closed) return;
   if (pending_.len > 0 && (state_ == State::ReadingHead || state_ == State::ReadingBody)) {
     Span s = std::move(pending_);
@@ -1032,7 +1037,18 @@ void InboundConnection::flush_output() {
     return;
   }
   if (st == IoStatus::WouldBlock) {
-    if (!write_enabled_) {
+    if (transport_->write_wants_read()) {
+      // TLS: the write waits for the client's bytes: wait on readable (the socket is writable,
+      // so waiting on writable would spin), also while a request is being handled.
+      if (write_enabled_) {
+        event_del(write_ev_.get());
+        write_enabled_ = false;
+      }
+      if (!read_enabled_) {
+        event_add(read_ev_.get(), nullptr);
+        read_enabled_ = true;
+      }
+    } else if (!write_enabled_) {
       event_add(write_ev_.get(), nullptr);
       write_enabled_ = true;
     }

@@ -171,7 +171,7 @@ ExchangeRequest& ProxyCall::prepare() {
   addrs_.clear();
   next_addr_ = 0;
   last_connect_error_.clear();
-  resent_ = head_relayed_ = reading_paused_ = false;
+  resent_ = head_relayed_ = reading_paused_ = handshake_timed_ = false;
   return req_;
 }
 
@@ -423,10 +423,22 @@ void ProxyCall::flush_request(bool first) {
     return;
   }
   if (st == IoStatus::WouldBlock) {
-    conn_->want_write(true);
-    if (first || out_.pending() != before) arm(req_.runtime->config->timeouts.send);
+    Transport& tr = conn_->transport();
+    // TLS: a write that waits for the target's bytes (the handshake) waits on the read event,
+    // which upstream_readable turns back into flush_request; the socket is writable, so waiting
+    // on writable would spin.
+    conn_->want_write(!tr.write_wants_read());
+    if (tr.handshaking()) {
+      // The TLS handshake is part of connecting: upstream_connect bounds it.
+      if (!handshake_timed_) arm(connect_timeout());
+      handshake_timed_ = true;
+    } else if (first || handshake_timed_ || out_.pending() != before) {
+      handshake_timed_ = false;
+      arm(req_.runtime->config->timeouts.send);
+    }
     return;
   }
+  handshake_timed_ = false;
   conn_->want_write(false);
   state_ = State::Receiving;
   arm(response_timeout());
@@ -617,7 +629,11 @@ void ProxyCall::on_timer(void* arg) {
       self->fail(ErrorKind::BadGateway, "connecting to the target timed out (upstream_connect)");
       break;
     case State::Sending:
-      self->fail(ErrorKind::BadGateway, "the target stopped reading the request (timeouts.send)");
+      if (self->conn_ && self->conn_->transport().handshaking()) {
+        self->fail(ErrorKind::BadGateway, "the TLS handshake with the target did not finish in time (upstream_connect)");
+      } else {
+        self->fail(ErrorKind::BadGateway, "the target stopped reading the request (timeouts.send)");
+      }
       break;
     case State::Receiving:
       if (self->head_relayed_) {

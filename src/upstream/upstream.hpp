@@ -176,6 +176,7 @@ class ProxyCall : public UpstreamHandler, public BodySink, public Deferred {
   std::unique_ptr<UpstreamConn> conn_;
   DnsRequest* dns_ = nullptr;
   std::optional<Deadline> timer_;
+  bool handshake_timed_ = false;  // timer_ bounds a TLS handshake (upstream_connect), not a send
   OutQueue out_;
   ResponseCodec resp_;
   BlockRef cur_block_;

@@ -277,6 +277,66 @@ class TlsMinVersion13Tests(unittest.TestCase):
         self.assertIn(("X-Forwarded-Proto", "https"), echo_fields(resp.body))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class TlsStalledPeerTests(unittest.TestCase):
+    """A TLS write that waits for the peer's handshake bytes waits on readable, not writable (a
+    writable socket would make it spin), and a stalled handshake with a target is bounded by
+    upstream_connect and says so."""
+
+    def test_target_that_never_answers_the_handshake(self):
+        silent = socket.socket()
+        self.addCleanup(silent.close)
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # accepted by the kernel, never read or written
+        gw = Daemon([{"name": "t", "path": "/t",
+                      "target": f"https://127.0.0.1:{silent.getsockname()[1]}/"}],
+                    timeouts={"upstream_connect": "1s", "upstream_response": "10s", "send": "10s"})
+        self.addCleanup(gw.close)
+        gw.start()
+        c = Client(gw.port)
+        self.addCleanup(c.close)
+        cpu0 = cpu_seconds(gw.pid)
+        started = time.monotonic()
+        c.send(build_request("GET", "/t"))
+        resp = c.final_response("GET", timeout=scaled(8))
+        waited = time.monotonic() - started
+        self.assertEqual(resp.status, 502, str(resp))
+        self.assertIn(b"TLS handshake with the target did not finish in time (upstream_connect)",
+                      resp.body)
+        self.assertLess(waited, 9, "bounded by upstream_connect (1 s), not send or upstream_response (10 s)")
+        self.assertLess(cpu_seconds(gw.pid) - cpu0, 0.5 * waited + 0.2,
+                        "the gateway spun while the handshake waited")
+
+    def test_overloaded_tls_listener_does_not_spin_on_a_silent_client(self):
+        pki = CertFactory()
+        self.addCleanup(pki.close)
+        gw = Daemon([{"name": "echo", "path": "/echo", "mode": "echo"}],
+                    limits={"max_connections": 1}, timeouts={"send": "3s"},
+                    listen=[{"address": "127.0.0.1:0",
+                             "tls": {"certificate": pki.server.chain,
+                                     "private_key": pki.server.key}}])
+        self.addCleanup(gw.close)
+        gw.start()
+        holder = socket.create_connection(("127.0.0.1", gw.port))  # takes the one slot
+        self.addCleanup(holder.close)
+        time.sleep(scaled(0.3))
+        cpu0 = cpu_seconds(gw.pid)
+        silent = socket.create_connection(("127.0.0.1", gw.port))  # over the limit: the 503 path
+        self.addCleanup(silent.close)
+        time.sleep(1.5)  # the 503 waits for a ClientHello that never comes
+        used = cpu_seconds(gw.pid) - cpu0
+        self.assertLess(used, 0.75, f"the gateway used {used:.2f} s of CPU in 1.5 s waiting")
+        # timeouts.send ends the wait: the connection is closed.
+        silent.settimeout(scaled(8))
+        self.assertEqual(silent.recv(100), b"")
+
+
 # --------------------------------------------------------------------------------------------
 # HTTPS targets
 # --------------------------------------------------------------------------------------------
