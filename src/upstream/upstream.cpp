@@ -171,7 +171,7 @@ ExchangeRequest& ProxyCall::prepare() {
   addrs_.clear();
   next_addr_ = 0;
   last_connect_error_.clear();
-  resent_ = head_relayed_ = reading_paused_ = handshake_timed_ = false;
+  resent_ = head_relayed_ = reading_paused_ = false;
   return req_;
 }
 
@@ -203,7 +203,17 @@ milliseconds ProxyCall::response_timeout() const {
   return target_->timeout ? *target_->timeout : req_.runtime->config->timeouts.upstream_response;
 }
 
-void ProxyCall::arm(milliseconds d) { timer_->set(d); }
+void ProxyCall::arm(Timeout kind) {
+  timeout_ = kind;
+  const Timeouts& t = req_.runtime->config->timeouts;
+  switch (kind) {
+    case Timeout::Connect:
+    case Timeout::Handshake: timer_->set(connect_timeout()); break;
+    case Timeout::Send: timer_->set(t.send); break;
+    case Timeout::Response: timer_->set(response_timeout()); break;
+    case Timeout::Idle: timer_->set(t.upstream_idle); break;
+  }
+}
 
 void ProxyCall::start() {
   target_ = req_.target;
@@ -221,7 +231,7 @@ void ProxyCall::start() {
 
 void ProxyCall::connect_fresh() {
   state_ = State::Resolving;
-  arm(connect_timeout());
+  arm(Timeout::Connect);
   // With an egress proxy, TCP goes to the proxy; the target is named in CONNECT.
   const Url& hop = target_->proxy ? *target_->proxy : target_->url;
   // Address literals skip DNS; names are resolved again for each new connection (SPEC 4).
@@ -430,18 +440,15 @@ void ProxyCall::flush_request(bool first) {
     conn_->want_write(!tr.write_wants_read());
     if (tr.handshaking()) {
       // The TLS handshake is part of connecting: upstream_connect bounds it.
-      if (!handshake_timed_) arm(connect_timeout());
-      handshake_timed_ = true;
-    } else if (first || handshake_timed_ || out_.pending() != before) {
-      handshake_timed_ = false;
-      arm(req_.runtime->config->timeouts.send);
+      if (first || timeout_ != Timeout::Handshake) arm(Timeout::Handshake);
+    } else if (first || timeout_ == Timeout::Handshake || out_.pending() != before) {
+      arm(Timeout::Send);
     }
     return;
   }
-  handshake_timed_ = false;
   conn_->want_write(false);
   state_ = State::Receiving;
-  arm(response_timeout());
+  arm(Timeout::Response);
 }
 
 void ProxyCall::upstream_writable(UpstreamConn& c) {
@@ -577,7 +584,7 @@ void ProxyCall::read_response() {
       conn_->want_read(false);
       return;
     }
-    if (head_relayed_) arm(req_.runtime->config->timeouts.upstream_idle);
+    if (head_relayed_) arm(Timeout::Idle);
   }
   if (conn_ && conn_->transport().has_buffered_input()) conn_->activate_read();
 }
@@ -585,8 +592,7 @@ void ProxyCall::read_response() {
 void ProxyCall::client_drained() {
   if (!reading_paused_ || state_ == State::Done || !conn_) return;
   reading_paused_ = false;
-  if (head_relayed_) arm(req_.runtime->config->timeouts.upstream_idle);
-  else arm(response_timeout());
+  arm(head_relayed_ ? Timeout::Idle : Timeout::Response);
   conn_->want_read(true);
   if (conn_->transport().has_buffered_input()) conn_->activate_read();
 }
@@ -622,27 +628,22 @@ void ProxyCall::fail(ErrorKind kind, const std::string& reason) {
 
 void ProxyCall::on_timer(void* arg) {
   auto* self = static_cast<ProxyCall*>(arg);
-  switch (self->state_) {
-    case State::Resolving:
-    case State::Connecting:
-    case State::Tunneling:
+  if (self->state_ == State::Done) return;
+  switch (self->timeout_) {
+    case Timeout::Connect:
       self->fail(ErrorKind::BadGateway, "connecting to the target timed out (upstream_connect)");
       break;
-    case State::Sending:
-      if (self->conn_ && self->conn_->transport().handshaking()) {
-        self->fail(ErrorKind::BadGateway, "the TLS handshake with the target did not finish in time (upstream_connect)");
-      } else {
-        self->fail(ErrorKind::BadGateway, "the target stopped reading the request (timeouts.send)");
-      }
+    case Timeout::Handshake:
+      self->fail(ErrorKind::BadGateway, "the TLS handshake with the target did not finish in time (upstream_connect)");
       break;
-    case State::Receiving:
-      if (self->head_relayed_) {
-        self->fail(ErrorKind::BadGateway, "the target stopped sending the response body (upstream_idle)");
-      } else {
-        self->fail(ErrorKind::GatewayTimeout, "the target did not answer in time (upstream_response)");
-      }
+    case Timeout::Send:
+      self->fail(ErrorKind::BadGateway, "the target stopped reading the request (timeouts.send)");
       break;
-    case State::Done:
+    case Timeout::Response:
+      self->fail(ErrorKind::GatewayTimeout, "the target did not answer in time (upstream_response)");
+      break;
+    case Timeout::Idle:
+      self->fail(ErrorKind::BadGateway, "the target stopped sending the response body (upstream_idle)");
       break;
   }
 }

@@ -163,7 +163,9 @@ class ProxyCall : public UpstreamHandler, public BodySink, public Deferred {
   bool try_resend(const char* why);
   void fail(ErrorKind kind, const std::string& reason);
   void finish_success();
-  void arm(std::chrono::milliseconds d);
+  // What timer_ bounds now; the timeout fires with that kind's error.
+  enum class Timeout { Connect, Handshake, Send, Response, Idle };
+  void arm(Timeout kind);
   std::chrono::milliseconds connect_timeout() const;
   std::chrono::milliseconds response_timeout() const;
 
@@ -176,7 +178,7 @@ class ProxyCall : public UpstreamHandler, public BodySink, public Deferred {
   std::unique_ptr<UpstreamConn> conn_;
   DnsRequest* dns_ = nullptr;
   std::optional<Deadline> timer_;
-  bool handshake_timed_ = false;  // timer_ bounds a TLS handshake (upstream_connect), not a send
+  Timeout timeout_ = Timeout::Connect;  // the kind timer_ was last armed for
   OutQueue out_;
   ResponseCodec resp_;
   BlockRef cur_block_;
