@@ -118,8 +118,7 @@ void InboundConnection::set_state(State s) {
 void InboundConnection::start() {
   set_state(State::ReadingHead);
   arm_timer(config().timeouts.header);  // for the first request the header timer starts at accept
-  event_add(read_ev_.get(), nullptr);
-  read_enabled_ = true;
+  want_read(true);
 }
 
 void InboundConnection::reject_overloaded() {
@@ -146,6 +145,18 @@ void InboundConnection::abort() {
 }
 
 void InboundConnection::arm_timer(milliseconds d) { timer_->set(d); }
+
+void InboundConnection::want_read(bool on) {
+  if (on == read_enabled_) return;
+  read_enabled_ = on;
+  if (on) event_add(read_ev_.get(), nullptr); else event_del(read_ev_.get());
+}
+
+void InboundConnection::want_write(bool on) {
+  if (on == write_enabled_) return;
+  write_enabled_ = on;
+  if (on) event_add(write_ev_.get(), nullptr); else event_del(write_ev_.get());
+}
 
 bool InboundConnection::will_close() const { return close_after_ || draining_; }
 
@@ -183,10 +194,7 @@ void InboundConnection::start_linger() {
   closing_shutdown_ = true;
   transport_->shutdown_tls();
   ::shutdown(fd_, SHUT_WR);
-  if (!read_enabled_) {
-    event_add(read_ev_.get(), nullptr);
-    read_enabled_ = true;
-  }
+  want_read(true);
   arm_timer(kLinger);
 }
 
@@ -251,16 +259,12 @@ void InboundConnection::handle_readable() {
       if (n > 0) continue;
       if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
       if (closing_shutdown_) close_now();
-      else {
-        event_del(read_ev_.get());  // still writing the answer; the peer stopped sending
-        read_enabled_ = false;
-      }
+      else want_read(false);  // still writing the answer; the peer stopped sending
       return;
     }
     if (state_ == State::Handling) {
       // Pipelined bytes wait in the kernel until this response is written.
-      event_del(read_ev_.get());
-      read_enabled_ = false;
+      want_read(false);
       return;
     }
     if (!cur_block_ || cur_block_->free_space() < 1024) cur_block_ = worker_.blocks().acquire();
@@ -269,10 +273,7 @@ void InboundConnection::handle_readable() {
     int err = 0;
     size_t n = transport_->read(b->data + b->used, b->free_space(), &st, &err);
     if (n == 0 && st == IoStatus::WouldBlock) {
-      if (transport_->read_wants_write() && !write_enabled_) {
-        event_add(write_ev_.get(), nullptr);  // TLS: the handshake must send before it reads
-        write_enabled_ = true;
-      }
+      if (transport_->read_wants_write()) want_write(true);  // TLS: the handshake must send before it reads
       break;
     }
     if (n == 0 && st == IoStatus::Error) {
@@ -1040,17 +1041,10 @@ void InboundConnection::flush_output() {
     if (transport_->write_wants_read()) {
       // TLS: the write waits for the client's bytes: wait on readable (the socket is writable,
       // so waiting on writable would spin), also while a request is being handled.
-      if (write_enabled_) {
-        event_del(write_ev_.get());
-        write_enabled_ = false;
-      }
-      if (!read_enabled_) {
-        event_add(read_ev_.get(), nullptr);
-        read_enabled_ = true;
-      }
-    } else if (!write_enabled_) {
-      event_add(write_ev_.get(), nullptr);
-      write_enabled_ = true;
+      want_write(false);
+      want_read(true);
+    } else {
+      want_write(true);
     }
     // timeouts.send: restarted whenever the client takes bytes.
     if (out_.pending() != before || !timer_->pending()) {
@@ -1059,10 +1053,7 @@ void InboundConnection::flush_output() {
     if (call_ && out_.pending() < kLowWatermark) call_->client_drained();
     return;
   }
-  if (write_enabled_ && !transport_->read_wants_write()) {
-    event_del(write_ev_.get());
-    write_enabled_ = false;
-  }
+  if (!transport_->read_wants_write()) want_write(false);
   if (call_) call_->client_drained();
   if (state_ == State::Handling) {
     timer_->clear();
@@ -1083,10 +1074,7 @@ void InboundConnection::request_done() {
   }
   reset_request();
   set_state(State::ReadingHead);
-  if (!read_enabled_) {
-    event_add(read_ev_.get(), nullptr);
-    read_enabled_ = true;
-  }
+  want_read(true);
   if (pending_.len > 0) {
     // The next pipelined request is already here: handle it from the loop, not recursively.
     arm_timer(config().timeouts.header);

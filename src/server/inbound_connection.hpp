@@ -144,6 +144,9 @@ class InboundConnection : public BodySink, public ExchangeSink {
   void refuse_unauthorized(const AuthResult& r);
   void close_now();
   void arm_timer(std::chrono::milliseconds d);
+  // Registers or removes the read / write event once (read_enabled_ / write_enabled_ say which).
+  void want_read(bool on);
+  void want_write(bool on);
   const Config& config() const { return *ctx_.runtime->config; }
   bool will_close() const;
 
