@@ -16,7 +16,7 @@ constexpr uint64_t kMaxChunkExtensionBytes = 4096;  // SPEC 11
 constexpr size_t kMaxResponseHead = 64 * 1024;     // a target's head beyond this is malformed
 
 // A control byte other than HTAB, or DEL: never allowed in a chunk extension (RFC 9112 7.1.1,
-// quoted-string's qdtext) nor in a field value.
+// quoted-string's qdtext), a field value or a reason phrase.
 bool has_control_byte(const char* p, size_t n) {
   for (size_t i = 0; i < n; ++i) {
     const auto c = static_cast<unsigned char>(p[i]);
@@ -379,12 +379,10 @@ struct ResponseCallbacks {
     if (status >= 100 && status < 200 && status != 101) {
       return 1;  // interim: never has a body, whatever it declares; skipped
     }
-    for (char ch : c->reason_) {
-      // The reason phrase is relayed: no control bytes (response splitting).
-      if ((static_cast<unsigned char>(ch) < 0x20 && ch != '\t') || ch == 0x7f) {
-        c->fail("the target's reason phrase contains control characters");
-        return HPE_USER;
-      }
+    // The reason phrase is relayed: no control bytes (response splitting).
+    if (has_control_byte(c->reason_.data(), c->reason_.size())) {
+      c->fail("the target's reason phrase contains control characters");
+      return HPE_USER;
     }
     if (status == 101) {
       c->fail("the target switched protocols (101), which the gateway does not support");

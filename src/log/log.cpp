@@ -48,7 +48,9 @@ int64_t wall_clock_ms() {
 
 std::string format_rfc3339_ms(int64_t unix_ms) {
   std::string out;
-  append_rfc3339_ms(out, unix_ms);
+  StringWriter w(out, 24);
+  append_rfc3339_ms(w, unix_ms);
+  w.finish();
   return out;
 }
 
@@ -70,11 +72,6 @@ void append_rfc3339_ms(StringWriter& out, int64_t unix_ms) {
                         static_cast<char>('0' + ms % 10), 'Z'};
   out.put(std::string_view(cached, cached_len));
   out.put(std::string_view(frac, sizeof frac));
-}
-
-void append_rfc3339_ms(std::string& out, int64_t unix_ms) {
-  StringWriter w(out, 24);
-  append_rfc3339_ms(w, unix_ms);
 }
 
 void Log::init_from_environment() {

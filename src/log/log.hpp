@@ -32,7 +32,6 @@ inline void log_debug(std::string_view m) { if (Log::enabled(LogLevel::Debug)) L
 // "2026-12-04T21:23:59.123Z" for the given wall-clock time in milliseconds since the epoch.
 std::string format_rfc3339_ms(int64_t unix_ms);
 // The same, appended to out (the access log's buffer: no string per line).
-void append_rfc3339_ms(std::string& out, int64_t unix_ms);
 void append_rfc3339_ms(StringWriter& out, int64_t unix_ms);
 int64_t wall_clock_ms();
 

@@ -628,8 +628,7 @@ void ProxyCall::fail(ErrorKind kind, const std::string& reason) {
 
 void ProxyCall::on_timer(void* arg) {
   auto* self = static_cast<ProxyCall*>(arg);
-  if (self->state_ == State::Done) return;
-  switch (self->timeout_) {
+  switch (self->timeout_) {  // fail() does nothing once the call is done
     case Timeout::Connect:
       self->fail(ErrorKind::BadGateway, "connecting to the target timed out (upstream_connect)");
       break;

@@ -50,7 +50,10 @@ TEST_CASE("StringWriter: a low estimate grows, never writes past the string") {
 
 TEST_CASE("append_rfc3339_ms: milliseconds with leading zeros, UTC") {
   std::string s = ">";
-  dechunkd::append_rfc3339_ms(s, 1764967439007);  // 2025-12-05T20:43:59.007Z
+  {
+    dechunkd::StringWriter w(s, 0);  // grows as needed
+    dechunkd::append_rfc3339_ms(w, 1764967439007);  // 2025-12-05T20:43:59.007Z
+  }
   CHECK(s == ">2025-12-05T20:43:59.007Z");
   CHECK(dechunkd::format_rfc3339_ms(0) == "1970-01-01T00:00:00.000Z");
 }
