@@ -139,10 +139,7 @@ void InboundConnection::drain() {
   if (idle()) close_now();
 }
 
-void InboundConnection::abort() {
-  if (has_request_in_progress()) worker_.shared().cut_requests.fetch_add(1, std::memory_order_relaxed);
-  close_now();
-}
+void InboundConnection::abort() { close_now(); }
 
 void InboundConnection::arm_timer(milliseconds d) { timer_->set(d); }
 

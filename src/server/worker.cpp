@@ -82,7 +82,7 @@ void Worker::request_stop() {
   post([this] {
     std::vector<InboundConnection*> all;
     for (auto& kv : connections_) all.push_back(kv.first);
-    for (InboundConnection* c : all) c->abort();
+    cut_all(all);
     close_listeners();
     event_base_loopexit(base_.get(), nullptr);
   });
@@ -207,8 +207,17 @@ void Worker::on_drain_timeout(evutil_socket_t, short, void* arg) {
   auto* w = static_cast<Worker*>(arg);
   std::vector<InboundConnection*> all;
   for (auto& kv : w->connections_) all.push_back(kv.first);
-  for (InboundConnection* c : all) c->abort();
+  w->cut_all(all);
   w->maybe_finish_drain();
+}
+
+// A forced stop or the drain deadline closes these connections; the requests they were still
+// receiving or answering are counted for the "stopped" log line (SPEC 11).
+void Worker::cut_all(const std::vector<InboundConnection*>& all) {
+  for (InboundConnection* c : all) {
+    if (c->has_request_in_progress()) shared_.cut_requests.fetch_add(1, std::memory_order_relaxed);
+    c->abort();
+  }
 }
 
 void Worker::new_request_id(std::string& id) {

@@ -32,7 +32,7 @@ class Deferred {
 // Process-wide counters shared by all workers.
 struct SharedState {
   std::atomic<uint64_t> connections{0};  // inbound connections open (max_connections)
-  std::atomic<uint64_t> cut_requests{0}; // requests cut by a forced stop
+  std::atomic<uint64_t> cut_requests{0}; // requests cut by a forced stop or the drain deadline
   QueueService* queue = nullptr;         // queue mode; set before the workers start
 };
 
@@ -87,6 +87,7 @@ class Worker {
   void accept_from(size_t listener_index);
   void start_drain();
   void maybe_finish_drain();
+  void cut_all(const std::vector<InboundConnection*>& all);
   void close_listeners();
 
   unsigned index_;

@@ -7,7 +7,7 @@ import threading
 import time
 import unittest
 
-from harness import (WAIT, Client, Daemon, Reply, StrictReceiver, build_request, scaled,
+from harness import (WAIT, Client, Daemon, PeerClosed, Reply, StrictReceiver, build_request, scaled,
                      send_request, wait_until)
 
 ACCESS_FIELDS = {"time", "request_id", "remote", "route", "method", "path", "status", "bytes_in",
@@ -61,6 +61,7 @@ class LifecycleTests(unittest.TestCase):
         self.assertEqual((resp.header("Connection") or "").lower(), "close")
         self.assertTrue(c.is_closed())
         self.assertEqual(d.wait_exit(WAIT), 0)
+        self.assert_stopped_line(d, cut=0)
 
     def test_idle_keep_alive_connection_does_not_hold_the_drain(self):
         d = self.start()
@@ -82,6 +83,32 @@ class LifecycleTests(unittest.TestCase):
         self.assertEqual(d.wait_exit(WAIT), 0)
         self.assertLess(time.monotonic() - started, scaled(3), "drain timeout not applied")
         self.assertNotEqual(c.state_after(1.0), "open", "the cut connection was left open")
+        self.assert_stopped_line(d, cut=1)
+
+    def test_answers_cut_before_the_stop_are_not_counted_as_cut_by_it(self):
+        # A target that breaks off mid-response cuts that answer (the client sees the close), but
+        # long before the stop: the "stopped" line counts only what the stop itself cut.
+        d = self.start()
+        body = b"y" * 5000
+        head_len = len(Reply(body=body).encode()) - len(body)
+        for _ in range(3):
+            self.rcv.reply_with(Reply(body=body, action="cut", cut_at=head_len + 1000))
+            c = Client(d.port)
+            self.addCleanup(c.close)
+            c.send(build_request("POST", "/p", body=b"x"))
+            with self.assertRaises(PeerClosed):  # the client sees the cut
+                c.final_response(timeout=WAIT)
+        d.send_signal(signal.SIGTERM)
+        self.assertEqual(d.wait_exit(WAIT), 0)
+        self.assert_stopped_line(d, cut=0)
+
+    def assert_stopped_line(self, d: Daemon, cut: int):
+        lines = [l for l in d.stderr_text().splitlines() if re.search(r" (info|warn) stopped", l)]
+        self.assertEqual(len(lines), 1, d.stderr_text()[-2000:])
+        if cut == 0:
+            self.assertRegex(lines[0], r" info stopped$")
+        else:
+            self.assertRegex(lines[0], rf" warn stopped; {cut} in-flight request\(s\) were cut$")
 
     def test_second_sigterm_stops_at_once(self):
         d = self.start()
@@ -92,6 +119,7 @@ class LifecycleTests(unittest.TestCase):
         d.send_signal(signal.SIGTERM)
         self.assertEqual(d.wait_exit(WAIT), 0)
         self.assertLess(time.monotonic() - started, scaled(1.5))
+        self.assert_stopped_line(d, cut=1)
 
     def test_access_log_lines(self):
         d = self.start(routes=[{"name": "p", "path_prefix": "/p", "target": self.rcv.url("/p")},
