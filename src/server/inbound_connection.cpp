@@ -1002,7 +1002,8 @@ void InboundConnection::send_error(ErrorKind kind, std::string_view message, boo
     h += "\r\n";
   }
   append_common_headers(h, will_close());
-  h += body;
+  // A HEAD answer has no content (RFC 9110 9.3.2); Content-Length says what a GET would get.
+  if (ctx_.head.method != "HEAD") h += body;
   if (call_) call_->cancel();
   out_.add(std::move(h));
   response_started_ = true;

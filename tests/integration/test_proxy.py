@@ -307,6 +307,23 @@ class ProxyTests(GatewayCase):
                 seen = self.rcv.wait_requests(2)
                 self.assertEqual(seen[0].method, method)
 
+    def test_gateway_error_answers_to_head_carry_no_body(self):
+        # RFC 9110 9.3.2: a HEAD answer has no content, also when the gateway answers an error
+        # itself. Content-Length keeps the length a GET would get; the connection stays usable.
+        self.rcv.reply_with(Reply(body=b"next"))
+        c = self.connect()
+        resp, _ = self.exchange(build_request("HEAD", "/dead"), "HEAD", client=c)
+        self.assertEqual((resp.status, resp.body), (502, b""))
+        self.assertGreater(int(resp.header("Content-Length")), 0)
+        self.assertIsNone(resp.header("Connection"))
+        resp2, _ = self.exchange(build_request("GET", "/plain"), "GET", client=c)
+        self.assertEqual((resp2.status, resp2.body), (200, b"next"))
+        # An error decided from the head closes, with no body either.
+        c = self.connect()
+        resp, _ = self.exchange(build_request("HEAD", "/no-such-route"), "HEAD", client=c)
+        self.assertEqual((resp.status, resp.body), (404, b""))
+        self.assertTrue(c.is_closed())
+
     def test_interim_responses_not_relayed(self):
         self.rcv.reply_with(Reply(200, "OK", [], b"final", interim=[
             b"HTTP/1.1 100 Continue\r\n\r\n",
