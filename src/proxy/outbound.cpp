@@ -410,6 +410,7 @@ void build_outbound_head(const OutboundInput& in, std::string& out) {
 
   bool host_done = false;
   bool xff_done = false;
+  bool rid_done = false;
   for (size_t i = 0; i < h.fields.size(); ++i) {
     const HeaderField& f = h.fields[i];
     switch (classify(f.name)) {
@@ -430,7 +431,10 @@ void build_outbound_head(const OutboundInput& in, std::string& out) {
       case Known::RequestId:
         // The sender's id stays in place when it is the one used; when the caller generated
         // one (the received value was unusable, e.g. empty) only the generated one is sent.
-        if (in.request_id_generated) continue;
+        // Of several received fields only the one used goes on: the target gets the id the
+        // sender is told.
+        if (in.request_id_generated || rid_done || f.value != in.request_id) continue;
+        rid_done = true;
         break;
       case Known::Other:
         break;

@@ -487,7 +487,11 @@ void InboundConnection::head_complete(const std::optional<HeadError>& bad) {
     return;
   }
   if (head.expect_continue && head.version_minor == 1 && head.framing != Framing::None && !codec_.complete()) {
-    out_.add(std::string("HTTP/1.1 100 Continue\r\n\r\n"));
+    // Every response carries the request id (SPEC 4), the interim one too.
+    std::string h = "HTTP/1.1 100 Continue\r\nX-Request-Id: ";
+    h += ctx_.request_id;
+    h += "\r\n\r\n";
+    out_.add(std::move(h));
     flush_output();
     if (state_ == State::Closed) return;
   }

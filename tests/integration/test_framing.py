@@ -286,6 +286,8 @@ class FramingTests(GatewayCase):
         resp = c.final_response()
         self.assertEqual(resp.status, 200)
         self.assertEqual(resp.interim, [], "more than one 100 Continue")
+        # Every response carries the request id, the interim one too (SPEC 4).
+        self.assertEqual(interim.header("X-Request-Id"), resp.header("X-Request-Id"))
         self.assert_forwarded(self.rcv.wait_requests(1)[0], "/f", forwarded)
 
     def test_expect_100_continue_with_content_length(self):

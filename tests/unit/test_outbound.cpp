@@ -513,6 +513,21 @@ const std::vector<HeadCase>& head_cases() {
                 "\r\n",
     });
     v.push_back({
+        .name = "several received X-Request-Id fields: only the one used is forwarded, in place",
+        .fields = {{"X-Request-Id", "bad\x01id"}, {"Host", "gw"}, {"X-Request-Id", "abc"},
+                   {"x-request-id", "second"}},
+        .request_id = "abc",
+        .generated = false,
+        .want = "POST /in HTTP/1.1\r\n"
+                "Host: flow.example.com\r\n"
+                "X-Request-Id: abc\r\n"
+                "X-Forwarded-For: 203.0.113.7\r\n"
+                "X-Forwarded-Proto: http\r\n"
+                "X-Forwarded-Host: gw\r\n"
+                "Content-Length: 5\r\n"
+                "\r\n",
+    });
+    v.push_back({
         .name = "generated id (received one unusable, e.g. empty): only the generated one",
         .fields = {{"x-request-id", ""}, {"Host", "gw"}},
         .request_id = "gen-9",
