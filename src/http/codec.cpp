@@ -394,11 +394,34 @@ struct ResponseCallbacks {
     c->has_content_length_ = (p->flags & F_CONTENT_LENGTH) != 0 && !c->chunked_;
     c->content_length_ = c->has_content_length_ ? p->content_length : 0;
     c->no_body_ = c->head_request_ || status == 204 || status == 304;
+    if (!collect_codings(c)) return HPE_USER;
     c->pause_for_head_ = true;
     // HEAD, 204 and 304 have no body whatever the head declares: a body sent anyway is never
     // relayed (the bytes then make the connection unusable).
     if (c->no_body_) return 1;
     return HPE_PAUSED;
+  }
+  // The codings of every Transfer-Encoding field but a final chunked (which llhttp decodes) go
+  // into codings_, so the relay can keep them on the body: dropping them would hand the client
+  // coded bytes labelled as plain. chunked before another coding cannot be relayed: the relay
+  // would apply chunked a second time (RFC 9112 6.1).
+  static bool collect_codings(ResponseCodec* c) {
+    std::vector<std::string_view>& codings = c->coding_list_;  // keeps its capacity
+    codings.clear();
+    for (size_t i = 0; i < c->header_count_; ++i) {
+      const auto& [name, value] = c->headers_[i];
+      if (iequals(name, "transfer-encoding")) split_tokens(value, codings);
+    }
+    if (c->chunked_ && !codings.empty()) codings.pop_back();  // the final chunked
+    for (std::string_view coding : codings) {
+      if (iequals(coding, "chunked")) {
+        c->fail("the target's Transfer-Encoding applies chunked before another coding");
+        return false;
+      }
+      if (!c->codings_.empty()) c->codings_ += ", ";
+      c->codings_ += coding;
+    }
+    return true;
   }
   static int on_chunk_extension(llhttp_t* p, const char* at, size_t len) {
     // As for requests: llhttp 8.1.0 lets control bytes and DEL through a quoted value.
@@ -459,6 +482,7 @@ void ResponseCodec::reset(bool head_request, BodySink* sink) {
   slot_open_ = false;
   keep_alive_ = chunked_ = has_content_length_ = no_body_ = false;
   content_length_ = 0;
+  codings_.clear();
   error_message_.clear();
 }
 

@@ -119,6 +119,9 @@ class ResponseCodec {
   bool has_content_length() const { return has_content_length_; }
   uint64_t content_length() const { return content_length_; }
   bool no_body() const { return no_body_; }          // HEAD, 1xx, 204, 304
+  // The response's transfer codings other than a final chunked, as received and comma-joined
+  // ("gzip"): the body bytes stay coded with them. Empty for most responses.
+  const std::string& transfer_codings() const { return codings_; }
   bool close_delimited() const { return !no_body_ && !chunked_ && !has_content_length_; }
   bool any_byte_seen() const { return any_byte_; }
 
@@ -147,6 +150,8 @@ class ResponseCodec {
   bool has_content_length_ = false;
   uint64_t content_length_ = 0;
   bool no_body_ = false;
+  std::string codings_;
+  std::vector<std::string_view> coding_list_;  // scratch for collecting codings_
   std::string error_message_;
 };
 

@@ -541,6 +541,17 @@ void reset(RequestHead* h) {
 
 }  // namespace
 
+void split_tokens(std::string_view v, std::vector<std::string_view>& out) {
+  size_t i = 0;
+  while (i <= v.size()) {
+    size_t j = v.find(',', i);
+    if (j == std::string_view::npos) j = v.size();
+    const std::string_view t = trim_ows(v.substr(i, j - i));
+    if (!t.empty()) out.push_back(t);
+    i = j + 1;
+  }
+}
+
 HeadProgress scan_request_head(std::string_view buf, const HeadLimits& lim, size_t* head_len,
                                HeadError* error) {
   HeadWalker w(buf, lim, nullptr);

@@ -101,6 +101,10 @@ HeadProgress read_request_head(std::string_view buf, const HeadLimits& lim, size
 // the head was parsed where it was read and its bytes were copied to to.
 void rebase_request_head(RequestHead& h, const char* from, size_t len, const char* to);
 
+// Appends the non-empty comma-separated elements of a field value to out, trimmed of OWS (no
+// quoted-string handling: for token lists such as Connection or Transfer-Encoding).
+void split_tokens(std::string_view v, std::vector<std::string_view>& out);
+
 // Case-insensitive ASCII comparison for header names and tokens. Inline: it runs for many
 // fields of every request and message, mostly to be answered by the size check.
 inline bool iequals(std::string_view a, std::string_view b) {

@@ -43,18 +43,6 @@ bool skip_response_field(std::string_view name, const std::vector<std::string_vi
   return false;
 }
 
-void split_tokens(std::string_view v, std::vector<std::string_view>& out) {
-  size_t i = 0;
-  while (i <= v.size()) {
-    size_t j = v.find(',', i);
-    if (j == std::string_view::npos) j = v.size();
-    std::string_view t = v.substr(i, j - i);
-    while (!t.empty() && (t.front() == ' ' || t.front() == '\t')) t.remove_prefix(1);
-    while (!t.empty() && (t.back() == ' ' || t.back() == '\t')) t.remove_suffix(1);
-    if (!t.empty()) out.push_back(t);
-    i = j + 1;
-  }
-}
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -892,6 +880,16 @@ void InboundConnection::set_target_status(int status, int64_t ms) {
 
 void InboundConnection::relay_head(const ResponseCodec& resp) {
   if (state_ != State::Handling) return;
+  const bool bodiless = resp.no_body() || ctx_.head.method == "HEAD";
+  if (!resp.transfer_codings().empty() && !bodiless && ctx_.head.version_minor == 0) {
+    // The body stays coded (gzip, say) and HTTP/1.0 has no Transfer-Encoding to say so.
+    std::string why = "the target's response uses the transfer coding \"" + resp.transfer_codings() +
+                      "\", which an HTTP/1.0 client cannot receive";
+    log_warn("route=" + std::string(ctx_.route ? ctx_.route->name : "-") + " request_id=" + ctx_.request_id +
+             ": " + why + " (502 bad_gateway)");
+    upstream_failed(ErrorKind::BadGateway, why);
+    return;
+  }
   status_ = resp.status();
   std::vector<std::string_view>& conn_tokens = conn_tokens_;  // keeps its capacity
   conn_tokens.clear();
@@ -922,14 +920,20 @@ void InboundConnection::relay_head(const ResponseCodec& resp) {
       w.put(f.second);
       w.put("\r\n");
     }
-    const bool bodiless = resp.no_body() || ctx_.head.method == "HEAD";
     if (resp.has_content_length()) {
       w.put("Content-Length: ");  // also for HEAD, 204 and 304: what the target declared
       w.decimal(resp.content_length());
       w.put("\r\n");
     } else if (!bodiless) {
       if (ctx_.head.version_minor == 1) {
-        w.put("Transfer-Encoding: chunked\r\n");  // responses are streamed, never de-chunked (SPEC 10)
+        // Responses are streamed, never de-chunked (SPEC 10). Other transfer codings stay on
+        // the body, so they stay in the field, before the chunked the relay applies.
+        w.put("Transfer-Encoding: ");
+        if (!resp.transfer_codings().empty()) {
+          w.put(resp.transfer_codings());
+          w.put(", ");
+        }
+        w.put("chunked\r\n");
         chunked_out_ = true;
       } else {
         close_after_ = true;  // an HTTP/1.0 client gets a close-delimited body

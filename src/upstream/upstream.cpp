@@ -537,6 +537,7 @@ void ProxyCall::read_response() {
         if (!head_relayed_) {
           head_relayed_ = true;
           in_.relay_head(resp_);
+          if (state_ == State::Done) return;  // the sink refused the head
         }
         finish_success();
       } else {

@@ -1,10 +1,12 @@
 """Proxy mode end to end (SPEC 4, 11): de-chunking, the exact outbound request, target mapping,
 trailers, response relay, the upstream pool and its safe resend, and upstream failures."""
+import gzip
 import time
 import unittest
 
-from harness import (ANY, Daemon, GatewayCase, PeerClosed, Reply, build_request, exact_request,
-                     free_port, pseudo_random, scaled)
+from harness import (ANY, WAIT, Daemon, GatewayCase, PeerClosed, Reply, build_request,
+                     deadline_in, exact_request, free_port, header_values, parse_fields,
+                     pseudo_random, read_chunked, scaled, split_head)
 
 MERGE_TRAILERS_NEVER = [
     ("Authorization", "Bearer t"), ("Content-Type", "text/evil"), ("Host", "evil.example"),
@@ -566,6 +568,48 @@ class ProxyTests(GatewayCase):
                 self.r["garbage"].reply_with(Reply(raw=raw, action="close"))
                 resp, _ = self.exchange(build_request("POST", "/garbage", body=b"x"))
                 self.assert_error(resp, 502, "bad_gateway")
+
+    def test_response_transfer_codings_other_than_chunked_stay_on_the_body(self):
+        # The relay re-chunks a streamed body; a coding like gzip stays applied to the bytes, so
+        # it stays in Transfer-Encoding before the relay's chunked (RFC 9112 6.1). Dropping it
+        # would hand the client gzip bytes labelled as plain.
+        coded = gzip.compress(b"the target's answer")
+        chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(coded), coded)
+        cases = {
+            "gzip, chunked": b"Transfer-Encoding: gzip, chunked\r\n\r\n" + chunked,
+            "gzip on its own line, then chunked": (b"Transfer-Encoding: gzip\r\n"
+                                                   b"Transfer-Encoding: chunked\r\n\r\n" + chunked),
+            "gzip, close-delimited": b"Transfer-Encoding: gzip\r\n\r\n" + coded,
+        }
+        for name, rest in cases.items():
+            with self.subTest(name):
+                self.r["garbage"].reset()
+                self.r["garbage"].reply_with(Reply(raw=b"HTTP/1.1 200 OK\r\nX-A: 1\r\n" + rest,
+                                                   action="close"))
+                c = self.connect()
+                c.send(build_request("POST", "/garbage", body=b"x"))
+                deadline = deadline_in(WAIT)
+                start, lines = split_head(c.stream.read_until(b"\r\n\r\n", deadline))
+                self.assertTrue(start.startswith(b"HTTP/1.1 200 "), start)
+                fields = parse_fields(lines)
+                self.assertEqual(header_values(fields, "Transfer-Encoding"), ["gzip, chunked"])
+                self.assertEqual(header_values(fields, "Content-Length"), [])
+                body, _ = read_chunked(c.stream, deadline)
+                self.assertEqual(gzip.decompress(body), b"the target's answer")
+
+    def test_response_transfer_coding_an_http10_client_cannot_receive_is_502(self):
+        self.r["garbage"].reply_with(Reply(raw=b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"
+                                           + gzip.compress(b"x"), action="close"))
+        resp, _ = self.exchange(b"POST /garbage HTTP/1.0\r\nContent-Length: 1\r\n\r\nx")
+        self.assert_error(resp, 502, "bad_gateway")
+        self.assertIn('transfer coding \\"gzip\\"', resp.body.decode())
+
+    def test_response_chunked_before_another_coding_is_502(self):
+        self.r["garbage"].reply_with(Reply(raw=b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"
+                                           b"3\r\nabc\r\n0\r\n\r\n", action="close"))
+        resp, _ = self.exchange(build_request("POST", "/garbage", body=b"x"))
+        self.assert_error(resp, 502, "bad_gateway")
+        self.assertIn("chunked before another coding", resp.body.decode())
 
 
 if __name__ == "__main__":

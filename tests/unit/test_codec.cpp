@@ -234,6 +234,7 @@ struct ResponseRun {
   int status = 0;
   std::string body;
   size_t consumed = 0;
+  std::string codings;
 };
 
 ResponseRun run_response(const std::string& wire, size_t split, bool head_request = false, bool eof = false) {
@@ -261,6 +262,7 @@ ResponseRun run_response(const std::string& wire, size_t split, bool head_reques
   r.status = codec.status();
   r.body = sink.body;
   r.consumed = pos;
+  r.codings = codec.transfer_codings();
   return r;
 }
 }  // namespace
@@ -317,4 +319,39 @@ TEST_CASE("responses: a chunk extension with a control byte or DEL is malformed"
   ResponseRun ok = run_response(head + "3;a=\"x\ty\"\r\nabc\r\n0\r\n\r\n", 0);
   CHECK(ok.complete);
   CHECK(ok.body == "abc");
+}
+
+TEST_CASE("responses: transfer codings other than a final chunked are reported, chunked first is malformed") {
+  struct Case {
+    std::string te;
+    std::string body;
+    std::string codings;
+  };
+  const std::vector<Case> cases = {
+      {"Transfer-Encoding: chunked\r\n", "3\r\nabc\r\n0\r\n\r\n", ""},
+      {"Transfer-Encoding: gzip, chunked\r\n", "3\r\nabc\r\n0\r\n\r\n", "gzip"},
+      {"Transfer-Encoding: GZIP ,\tdeflate , Chunked\r\n", "3\r\nabc\r\n0\r\n\r\n", "GZIP, deflate"},
+      {"Transfer-Encoding: gzip\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n", "3\r\nabc\r\n0\r\n\r\n", "gzip"},
+      {"Transfer-Encoding: gzip\r\n", "abc", "gzip"},  // close-delimited
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.te);
+    ResponseRun r = run_response("HTTP/1.1 200 OK\r\n" + c.te + "\r\n" + c.body, 0, false, true);
+    CHECK(r.complete);
+    CHECK(r.body == "abc");
+    CHECK(r.codings == c.codings);
+  }
+  CHECK(run_response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nabc", 0, false, true).error);
+  // A reused codec forgets the previous response's codings.
+  ResponseCodec codec;
+  Collect sink;
+  codec.reset(false, &sink);
+  const std::string first = "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n";
+  size_t used = 0;
+  CHECK(codec.feed(first.data(), first.size(), &used) == ResponseCodec::Status::HeadComplete);
+  CHECK(codec.transfer_codings() == "gzip");
+  codec.reset(false, &sink);
+  const std::string second = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+  CHECK(codec.feed(second.data(), second.size(), &used) != ResponseCodec::Status::Error);
+  CHECK(codec.transfer_codings().empty());
 }
