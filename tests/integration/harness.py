@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -479,6 +480,7 @@ class Reply:
     cut_at: int = 0
     stall: float = 0.0
     idle_close: Optional[float] = None  # close the connection when idle this long after answering
+    trickle: float = 0.0         # > 0: the head at once, then the body one byte every `trickle` s
 
     def encode(self) -> bytes:
         if self.raw is not None:
@@ -565,6 +567,9 @@ class StrictReceiver(LoopbackServer):
         self.violations: list[str] = []
         self.connections = 0
         self.closed_by_peer: set = set()  # connection ids the gateway closed between requests
+        # One (head sent, ended, how) per trickled answer: how is "done" (the whole body went),
+        # "closed" (the gateway closed the connection first) or "bytes" (it sent something).
+        self.trickles: list = []
         self.handler: Callable[[Seen], Reply] = default_reply
         self._listen(256)
 
@@ -613,6 +618,13 @@ class StrictReceiver(LoopbackServer):
         with self._cv:
             if not self._cv.wait_for(lambda: cid in self.closed_by_peer, timeout):
                 raise WaitTimeout(f"the gateway did not close upstream connection {cid}")
+
+    def wait_trickles(self, n: int, timeout: float = WAIT) -> list:
+        """The first n trickled answers, once each has ended."""
+        with self._cv:
+            if not self._cv.wait_for(lambda: len(self.trickles) >= n, timeout):
+                raise WaitTimeout(f"{len(self.trickles)} trickled answers ended, expected {n}")
+            return list(self.trickles)
 
     def assert_clean(self):
         with self._cv:
@@ -732,6 +744,8 @@ class StrictReceiver(LoopbackServer):
             if reply.action == "drop":
                 return False
             data = reply.encode()
+            if reply.trickle:
+                return self._trickle(sock, data, reply.trickle) and reply.action == "keep"
             if reply.action in ("cut", "reset", "stall"):
                 sock.sendall(data[: reply.cut_at])
                 time.sleep(0.05 + (reply.stall if reply.action == "stall" else 0))
@@ -742,6 +756,26 @@ class StrictReceiver(LoopbackServer):
         except OSError:
             return False
         return reply.action == "keep" and reply.framing != "close"
+
+    def _trickle(self, sock: socket.socket, data: bytes, gap: float) -> bool:
+        """Sends the head, then the body a byte at a time `gap` seconds apart, watching for the
+        gateway closing the connection meanwhile; notes how it went in self.trickles."""
+        body_at = data.index(b"\r\n\r\n") + 4
+        began = time.monotonic()
+        how = "done"
+        try:
+            sock.sendall(data[:body_at])
+            for i in range(body_at, len(data)):
+                if select.select([sock], [], [], gap)[0]:
+                    how = "bytes" if sock.recv(1 << 16) else "closed"
+                    break
+                sock.sendall(data[i: i + 1])
+        except OSError:
+            how = "closed"
+        with self._cv:
+            self.trickles.append((began, time.monotonic(), how))
+            self._cv.notify_all()
+        return how == "done"
 
 
 # --------------------------------------------------------------------------------------------
