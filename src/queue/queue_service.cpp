@@ -227,6 +227,7 @@ class QueueService::Impl {
   void shutdown(bool now);
 
   void attempt_done(DeliveryAttempt* a, int status, const std::string& error, int64_t retry_after_ms);
+  void body_read(DeliveryAttempt* a);  // a recorded attempt's call is over
   // Why the queue cannot accept (readyz), empty while healthy. Any thread.
   std::string failure() const {
     std::lock_guard<std::mutex> lock(health_mu_);
@@ -266,9 +267,12 @@ class QueueService::Impl {
                        const std::string& error, const std::string& next);
   void dead_letter(Lane& lane, Delivery& d, int64_t now, const std::string& why);
   bool write_state(const Delivery& d);
+  void retire(std::unique_ptr<DeliveryAttempt> a);
+  void cut_reading();
   bool body_fits(const std::string& message_id) const {
     const QueuedMessage* m = store_->message(message_id);
-    return attempts_.empty() || !m || body_bytes_in_flight_ + m->body_size <= kInFlightBodyBudget;
+    return (attempts_.empty() && reading_.empty()) || !m ||
+           body_bytes_in_flight_ + m->body_size <= kInFlightBodyBudget;
   }
   void housekeeping();
   void expire_dead_letters(int64_t now);
@@ -320,20 +324,32 @@ class QueueService::Impl {
   int64_t last_sync_ms_ = 0;
   std::map<std::string, std::unique_ptr<Lane>> lanes_;
   std::unordered_map<DeliveryAttempt*, std::unique_ptr<DeliveryAttempt>> attempts_;
+  // Recorded at their response head, still reading the rest of the body (never while draining_).
+  std::unordered_map<DeliveryAttempt*, std::unique_ptr<DeliveryAttempt>> reading_;
   std::set<std::string> paused_;
   std::map<std::string, std::shared_ptr<const Runtime>> orphan_runtimes_;  // by URL
   int64_t last_retention_scan_ = 0;
-  uint64_t body_bytes_in_flight_ = 0;  // bodies held by attempts_ (kInFlightBodyBudget)
+  uint64_t body_bytes_in_flight_ = 0;  // bodies held by attempts_ and reading_ (kInFlightBodyBudget)
   bool draining_ = false;
   bool stopping_ = false;
   bool finished_ = false;
   uint64_t rng_;
 };
 
-// One attempt of one delivery: the ExchangeSink of a ProxyCall. The response body is read
-// and dropped; the status (and Retry-After) decide what happens next.
+// One attempt of one delivery: the ExchangeSink of a ProxyCall. The final response head decides
+// the outcome (its status, and Retry-After on 429/503) and the attempt is recorded right then, so
+// its lane may start the next delivery. The rest of the body is then read and dropped, so the
+// keep-alive connection can be pooled, for at most the target's response timeout counted from
+// the head (upstream_idle still bounds each gap); past that the call is cancelled. A body that
+// breaks off after the head does not change the recorded outcome.
 class DeliveryAttempt : public ExchangeSink, public Deferred {
  public:
+  enum class State {
+    Waiting,  // the call runs; no final response head yet (1xx heads are skipped by the codec)
+    Reading,  // recorded at the head; the call reads and drops the rest of the body
+    Over,     // recorded, and the call ended or was cancelled
+  };
+
   DeliveryAttempt(QueueService::Impl& svc, Lane& lane, Delivery d, std::string body)
       : svc_(svc), lane_(lane), d_(std::move(d)), body_(std::move(body)) {}
 
@@ -342,28 +358,43 @@ class DeliveryAttempt : public ExchangeSink, public Deferred {
     req.add_body = [body](OutQueue& q) {
       if (!body->empty()) q.add_copy(body->data(), body->size());
     };
+    body_timer_.emplace(w.base(), on_body_timeout, this);
     call_ = std::make_unique<ProxyCall>(w, *this);
     call_->prepare() = std::move(req);
     call_->start();
   }
+  // Also from inside the call's callbacks: ProxyCall checks for it after each call into us.
   void cancel() {
-    finished_ = true;
+    state_ = State::Over;
+    if (body_timer_) body_timer_->clear();
     if (call_) call_->cancel();
   }
 
   void relay_head(const ResponseCodec& resp) override {
+    if (state_ != State::Waiting) return;
     status_ = resp.status();
-    if (status_ != 429 && status_ != 503) return;
-    for (const auto& [name, value] : resp.headers()) {
-      if (iequals(name, "retry-after")) retry_after_ms_ = parse_retry_after(value, wall_clock_ms());
+    if (status_ == 429 || status_ == 503) {
+      for (const auto& [name, value] : resp.headers()) {
+        if (iequals(name, "retry-after")) retry_after_ms_ = parse_retry_after(value, wall_clock_ms());
+      }
     }
+    state_ = State::Reading;
+    body_timer_->set(call_->response_timeout());
+    svc_.attempt_done(this, status_, "", retry_after_ms_);
   }
   void relay_body(const Span&) override {}
   void flush_relayed() override {}
-  void relay_end() override { done(status_, ""); }
+  void relay_end() override { body_over(); }
   void upstream_failed(ErrorKind, const std::string& reason) override {
-    // A 2xx head that arrived counts as delivered even if the body then broke off.
-    done(status_ >= 200 && status_ < 300 ? status_ : 0, reason);
+    if (state_ == State::Reading) {
+      log_debug("queue: route=" + lane_.route + " target=" + lane_.label + " delivery_id=" + d_.delivery_id() +
+                ": the rest of the response body was not read (" + reason + "); the outcome stands");
+      body_over();
+      return;
+    }
+    if (state_ != State::Waiting) return;
+    state_ = State::Over;
+    svc_.attempt_done(this, 0, reason, -1);
   }
   bool client_backlogged() const override { return false; }
   void set_target_status(int status, int64_t ms) override {
@@ -371,29 +402,43 @@ class DeliveryAttempt : public ExchangeSink, public Deferred {
     svc_.record_upstream(lane_, ms);
   }
 
+  State state() const { return state_; }
   Lane& lane() { return lane_; }
   Delivery& delivery() { return d_; }
   uint64_t body_size() const { return body_.size(); }
 
  private:
-  void done(int status, const std::string& error) {
-    if (finished_) return;
-    finished_ = true;
-    svc_.attempt_done(this, status, error, retry_after_ms_);
+  static void on_body_timeout(void* arg) {
+    auto* self = static_cast<DeliveryAttempt*>(arg);
+    if (self->state_ != State::Reading) return;
+    log_debug("queue: route=" + self->lane_.route + " target=" + self->lane_.label + " delivery_id=" +
+              self->d_.delivery_id() + ": the rest of the response body took longer than the response timeout; "
+              "connection closed");
+    self->call_->cancel();
+    self->body_over();
+  }
+  void body_over() {
+    if (state_ != State::Reading) return;
+    state_ = State::Over;
+    body_timer_->clear();
+    svc_.body_read(this);
   }
   QueueService::Impl& svc_;
   Lane& lane_;
   Delivery d_;
   std::string body_;
-  std::unique_ptr<ProxyCall> call_;
+  std::optional<Deadline> body_timer_;  // armed at the head: the response timeout for the rest
+  std::unique_ptr<ProxyCall> call_;     // destroyed before body_ and body_timer_
+  State state_ = State::Waiting;
   int status_ = 0;
   int64_t retry_after_ms_ = -1;
-  bool finished_ = false;
 };
 
 QueueService::Impl::~Impl() {
   for (auto& [p, a] : attempts_) a->cancel();
+  for (auto& [p, a] : reading_) a->cancel();
   attempts_.clear();
+  reading_.clear();
   lanes_.clear();
 }
 
@@ -858,7 +903,6 @@ void QueueService::Impl::attempt_done(DeliveryAttempt* a, int status, const std:
   if (owned == attempts_.end()) return;
   std::unique_ptr<DeliveryAttempt> keep = std::move(owned->second);
   attempts_.erase(owned);
-  body_bytes_in_flight_ -= a->body_size();
   Lane& lane = a->lane();
   Delivery& d = a->delivery();
   int64_t now = wall_clock_ms();
@@ -893,7 +937,7 @@ void QueueService::Impl::attempt_done(DeliveryAttempt* a, int status, const std:
       if (now + delay >= age_end) {
         // The next attempt would come after max_age: give up now, with this attempt's outcome.
         dead_letter(lane, d, now, err + " (max_age " + format_duration(rc.max_age) + " ends before the next attempt)");
-        worker_->defer_delete(std::move(keep));
+        retire(std::move(keep));
         schedule_pump();
         maybe_finish();
         return;
@@ -905,9 +949,48 @@ void QueueService::Impl::attempt_done(DeliveryAttempt* a, int status, const std:
       lane.add_waiting(d, accepted_ms);
     }
   }
-  worker_->defer_delete(std::move(keep));
+  retire(std::move(keep));
   schedule_pump();
   maybe_finish();
+}
+
+// A recorded attempt whose call still reads the response body goes on in reading_ (not while
+// draining: nothing then waits for the connection); any other is freed once the current callback
+// returns (the call may still be on the stack). The body budget is released here, when the call
+// is over, not at the head: the attempt keeps its request body (and the call its copy of the
+// bytes not yet sent: a target may answer before it has read the whole request) until then, and
+// the response timeout bounds how long that is.
+void QueueService::Impl::retire(std::unique_ptr<DeliveryAttempt> a) {
+  if (a->state() == DeliveryAttempt::State::Reading) {
+    if (!draining_) {
+      DeliveryAttempt* raw = a.get();
+      reading_.emplace(raw, std::move(a));
+      return;
+    }
+    a->cancel();
+  }
+  body_bytes_in_flight_ -= a->body_size();
+  worker_->defer_delete(std::move(a));
+}
+
+void QueueService::Impl::body_read(DeliveryAttempt* a) {
+  auto it = reading_.find(a);
+  if (it == reading_.end()) return;
+  std::unique_ptr<DeliveryAttempt> keep = std::move(it->second);
+  reading_.erase(it);
+  retire(std::move(keep));
+  schedule_pump();  // its body budget is free
+}
+
+// Stopping: attempts already recorded only read on for the connection's sake.
+void QueueService::Impl::cut_reading() {
+  std::vector<std::unique_ptr<DeliveryAttempt>> cut;
+  for (auto& [p, a] : reading_) cut.push_back(std::move(a));
+  reading_.clear();
+  for (auto& a : cut) {
+    a->cancel();
+    retire(std::move(a));
+  }
 }
 
 void QueueService::Impl::dead_letter(Lane& lane, Delivery& d, int64_t now, const std::string& why) {
@@ -974,6 +1057,7 @@ void QueueService::Impl::begin_drain() {
   if (draining_) return;
   draining_ = true;
   event_del(pump_ev_.get());
+  cut_reading();
   arm_timer(drain_timer_.get(), runtime_->config->timeouts.drain);
 }
 

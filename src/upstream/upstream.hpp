@@ -87,7 +87,7 @@ class UpstreamPool : public UpstreamHandler {
 };
 
 // Who receives a target's answer: the client connection in proxy mode (relays it); a queue
-// delivery will record the status (SPEC 6) through the same calls.
+// delivery records the status at the head (SPEC 6) and drops the body.
 class ExchangeSink {
  public:
   virtual ~ExchangeSink() = default;
@@ -133,6 +133,8 @@ class ProxyCall : public UpstreamHandler, public BodySink, public Deferred {
   // inside the call's own callbacks: nothing is freed that the call touches afterwards.
   void release();
   void client_drained();  // the client's output drained: read the target again
+  // The target's `timeout`, else timeouts.upstream_response. Only while a call runs.
+  std::chrono::milliseconds response_timeout() const;
 
   void upstream_readable(UpstreamConn& c) override;
   void upstream_writable(UpstreamConn& c) override;
@@ -167,7 +169,6 @@ class ProxyCall : public UpstreamHandler, public BodySink, public Deferred {
   enum class Timeout { Connect, Handshake, Send, Response, Idle };
   void arm(Timeout kind);
   std::chrono::milliseconds connect_timeout() const;
-  std::chrono::milliseconds response_timeout() const;
 
   Worker& worker_;
   ExchangeSink& in_;

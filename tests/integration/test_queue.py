@@ -894,6 +894,130 @@ class RetryTests(QueueCase):
 
 
 # --------------------------------------------------------------------------------------------
+# the response head decides
+# --------------------------------------------------------------------------------------------
+
+class ResponseHeadTests(QueueCase):
+    """An attempt is recorded when the target's response head arrives; the rest of the body is
+    read and dropped for at most the target's response timeout, outside the lane (SPEC 6)."""
+
+    SLOW_BODY = b"x" * 40  # trickled a byte every 0.25 s: 10 s, under upstream_idle at each gap
+
+    def trickled_end(self, rcv: StrictReceiver) -> float:
+        """When the first trickled answer ended, or infinity while it goes on."""
+        trickles = rcv.trickles
+        return trickles[0][1] if trickles else float("inf")
+
+    def test_a_trickled_body_does_not_hold_a_fifo_lane(self):
+        rcv = self.receiver()
+        timed = Timed(rcv, replies(Reply(body=self.SLOW_BODY, trickle=0.25), Reply()))
+        target = rcv.url("/in")
+        d = self.start([q_route([{"url": target, "max_in_flight": 1, "timeout": "30s"}])],
+                       timeouts={"upstream_idle": "2s"})
+        self.pause(d)
+        first = self.accept(d, body=b"m0")
+        second = self.accept(d, body=b"m1")
+        self.resume(d)
+        seen = rcv.wait_requests(2, timeout=scaled(15))
+        self.assertEqual([s.body for s in seen], [b"m0", b"m1"])
+        self.assertLess(timed.times[1], self.trickled_end(rcv),
+                        "the second delivery waited for the end of the first one's response body")
+        self.assertNotEqual(seen[1].conn, seen[0].conn)
+        d.wait_log(r"delivery route=q target=%s delivery_id=%s\.0 attempt=1 status=200 "
+                   r"result=delivered next=-" % (re.escape(target), first))
+        self.wait_metric(d, metric("deliveries_total", route="q", target=target,
+                                   result="delivered"), 2)
+        self.settle()
+        text, m = self.metrics(d)
+        self.assertEqual(m.get(metric("deliveries_total", route="q", target=target,
+                                      result="retried"), 0), 0, text)
+        self.assertEqual(self.deliveries(rcv), [(first + ".0", "1"), (second + ".0", "1")])
+
+    def test_the_rest_of_the_body_is_read_and_the_connection_reused(self):
+        rcv = self.receiver()
+        rcv.reply_with(Reply(body=b"y" * 8, trickle=0.25), Reply())
+        d = self.start([q_route([{"url": rcv.url("/in"), "max_in_flight": 1}])],
+                       timeouts={"upstream_idle": "2s"})
+        self.accept(d, body=b"m0")
+        self.accept(d, body=b"m1")
+        seen = rcv.wait_requests(2)
+        _, _, how = rcv.wait_trickles(1, timeout=scaled(8))[0]
+        self.assertEqual(how, "done", "the gateway closed the connection instead of reading the body")
+        self.settle(scaled(0.5))
+        self.assertNotIn(seen[0].conn, rcv.closed_by_peer, "the drained connection was not kept")
+        self.accept(d, body=b"m2")
+        seen = rcv.wait_requests(3)
+        self.assertEqual(seen[2].conn, seen[0].conn, "the drained connection is used again")
+
+    def test_the_rest_of_the_body_is_cut_at_the_response_timeout(self):
+        rcv = self.receiver()
+        rcv.reply_with(Reply(body=self.SLOW_BODY, trickle=0.25), Reply())
+        target = rcv.url("/in")
+        d = self.start([q_route([{"url": target, "timeout": "1s"}], retry=dict(FAST))],
+                       timeouts={"upstream_idle": "2s"})
+        msg_id = self.accept(d)
+        began, ended, how = rcv.wait_trickles(1, timeout=scaled(12))[0]
+        self.assertEqual(how, "closed", "the gateway read the whole trickled body")
+        self.assertGreaterEqual(ended - began, 0.8, "the body was cut before the response timeout")
+        self.assertLess(ended - began, min(1 + scaled(3), 8))
+        self.wait_metric(d, metric("deliveries_total", route="q", target=target,
+                                   result="delivered"), 1)
+        self.settle()
+        text, m = self.metrics(d)
+        self.assertEqual(m.get(metric("deliveries_total", route="q", target=target,
+                                      result="retried"), 0), 0, text)
+        self.assertEqual(self.deliveries(rcv), [(msg_id + ".0", "1")])
+
+    def test_retry_after_is_taken_from_the_head_of_a_trickled_503(self):
+        rcv = self.receiver()
+        timed = Timed(rcv, replies(Reply(503, "Service Unavailable", [("Retry-After", "1")],
+                                         body=self.SLOW_BODY, trickle=0.25), Reply()))
+        target = rcv.url("/in")
+        d = self.start([q_route([{"url": target, "max_in_flight": 1, "timeout": "30s"}],
+                                retry={"initial_backoff": "30s", "max_backoff": "1m"})],
+                       timeouts={"upstream_idle": "2s"})
+        msg_id = self.accept(d)
+        rcv.wait_requests(2, timeout=scaled(15))
+        self.assertGreaterEqual(timed.times[1] - timed.times[0], 0.8, "retried before the Retry-After")
+        self.assertLess(timed.times[1], self.trickled_end(rcv), "the retry waited for the 503's body")
+        self.assertEqual(self.deliveries(rcv), [(msg_id + ".0", "1"), (msg_id + ".0", "2")])
+        self.wait_metric(d, metric("deliveries_total", route="q", target=target,
+                                   result="delivered"), 1)
+        text, m = self.metrics(d)
+        self.assertEqual(m.get(metric("deliveries_total", route="q", target=target,
+                                      result="retried")), 1, text)
+
+    def test_sigterm_does_not_wait_for_the_rest_of_a_body(self):
+        rcv = self.receiver()
+        rcv.reply_with(Reply(body=self.SLOW_BODY, trickle=0.25))
+        target = rcv.url("/in")
+        d = self.start([q_route([{"url": target, "timeout": "30s"}])],
+                       timeouts={"upstream_idle": "2s", "drain": "20s"})
+        msg_id = self.accept(d)
+        self.wait_metric(d, metric("deliveries_total", route="q", target=target,
+                                   result="delivered"), 1)
+        d2 = self.restart(d)
+        _, _, how = rcv.wait_trickles(1, timeout=scaled(12))[0]
+        self.assertEqual(how, "closed", "the stop waited for the rest of the response body")
+        self.settle()
+        self.assertEqual(self.deliveries(rcv), [(msg_id + ".0", "1")])
+        self.assertEqual(self.queue(d2)["routes"][0]["targets"][0]["pending"], 0)
+
+    def test_a_body_that_breaks_off_keeps_the_outcome_of_the_head(self):
+        rcv = self.receiver()
+        whole = Reply(400, "Bad Request", body=b"v" * 100)
+        rcv.reply_with(Reply(400, "Bad Request", body=whole.body, action="cut",
+                             cut_at=len(whole.encode()) - 50))
+        target = rcv.url("/in")
+        d = self.start([q_route([target], retry=dict(FAST))])
+        msg_id = self.accept(d)
+        dl = self.wait_dead_letters(d, 1)
+        self.assert_dead_letter(dl[0], msg_id, 0, "q", target, 1, 400)
+        self.settle()
+        self.assertEqual(self.deliveries(rcv), [(msg_id + ".0", "1")])
+
+
+# --------------------------------------------------------------------------------------------
 # dead letters
 # --------------------------------------------------------------------------------------------
 
