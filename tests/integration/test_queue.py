@@ -246,6 +246,15 @@ class QueueCase(unittest.TestCase):
         self.assertLessEqual(first, last)
         self.assertLess(abs(time.time() - last), 120, f"times far from now: {dl}")
 
+    def assert_delivered_never_retried(self, d: Daemon, target: str, delivered: int):
+        """Route q's deliveries to target: `delivered` succeeded, and none was retried."""
+        self.wait_metric(d, metric("deliveries_total", route="q", target=target,
+                                   result="delivered"), delivered)
+        self.settle()
+        text, m = self.metrics(d)
+        self.assertEqual(m.get(metric("deliveries_total", route="q", target=target,
+                                      result="retried"), 0), 0, text)
+
     def settle(self, seconds: float = 0.5):
         """Gives a wrongly sent extra delivery the time to arrive before counting."""
         time.sleep(seconds)
@@ -925,12 +934,7 @@ class ResponseHeadTests(QueueCase):
         self.assertNotEqual(seen[1].conn, seen[0].conn)
         d.wait_log(r"delivery route=q target=%s delivery_id=%s\.0 attempt=1 status=200 "
                    r"result=delivered next=-" % (re.escape(target), first))
-        self.wait_metric(d, metric("deliveries_total", route="q", target=target,
-                                   result="delivered"), 2)
-        self.settle()
-        text, m = self.metrics(d)
-        self.assertEqual(m.get(metric("deliveries_total", route="q", target=target,
-                                      result="retried"), 0), 0, text)
+        self.assert_delivered_never_retried(d, target, 2)
         self.assertEqual(self.deliveries(rcv), [(first + ".0", "1"), (second + ".0", "1")])
 
     def test_the_rest_of_the_body_is_read_and_the_connection_reused(self):
@@ -960,12 +964,7 @@ class ResponseHeadTests(QueueCase):
         self.assertEqual(how, "closed", "the gateway read the whole trickled body")
         self.assertGreaterEqual(ended - began, 0.8, "the body was cut before the response timeout")
         self.assertLess(ended - began, min(1 + scaled(3), 8))
-        self.wait_metric(d, metric("deliveries_total", route="q", target=target,
-                                   result="delivered"), 1)
-        self.settle()
-        text, m = self.metrics(d)
-        self.assertEqual(m.get(metric("deliveries_total", route="q", target=target,
-                                      result="retried"), 0), 0, text)
+        self.assert_delivered_never_retried(d, target, 1)
         self.assertEqual(self.deliveries(rcv), [(msg_id + ".0", "1")])
 
     def test_retry_after_is_taken_from_the_head_of_a_trickled_503(self):
