@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "auth/auth.hpp"
 #include "http/errors.hpp"
 #include "http/request_head.hpp"
 #include "log/log.hpp"
@@ -84,21 +85,24 @@ class AdminConnection {
   }
 
   void handle(const RequestHead& head) {
+    keep_request_id(head);
     std::string_view path = head.path;
-    std::string_view method = head.method;
+    // HEAD is GET without the body (monitors probe /healthz with it).
+    head_only_ = head.method == "HEAD";
+    std::string_view method = head_only_ ? std::string_view("GET") : head.method;
     AdminBackend& backend = server_.backend_;
     if (path == "/healthz") {
-      if (method != "GET") return not_allowed("GET");
+      if (method != "GET") return not_allowed("GET, HEAD");
       return send(200, "text/plain; charset=utf-8", "ok");
     }
     if (path == "/readyz") {
-      if (method != "GET") return not_allowed("GET");
+      if (method != "GET") return not_allowed("GET, HEAD");
       std::string reason = backend.not_ready_reason();
       if (reason.empty()) return send(200, "text/plain; charset=utf-8", "ready");
       return send(503, "text/plain; charset=utf-8", "not ready: " + reason);
     }
     if (path == "/metrics") {
-      if (method != "GET") return not_allowed("GET");
+      if (method != "GET") return not_allowed("GET, HEAD");
       AdminServer* server = &server_;
       AdminConnection* self = this;
       backend.gather_stats([server, self](WorkerStats total, ProcessStats process) {
@@ -136,7 +140,8 @@ class AdminConnection {
       return send_error(r.kind, r.message);
     }
     if (r.status == 204) {
-      out_.add("HTTP/1.1 204 No Content\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n");
+      out_.add("HTTP/1.1 204 No Content\r\nX-Request-Id: " + request_id() +
+               "\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n");
       return flush();
     }
     send(r.status, "application/json", r.body);
@@ -148,8 +153,9 @@ class AdminConnection {
     if (token.empty()) return true;
     for (const HeaderField& f : head.fields) {
       if (!iequals(f.name, "authorization")) continue;
-      std::string_view v = f.value;
-      if (v.size() > 7 && iequals(v.substr(0, 7), "bearer ") && token_matches(v.substr(7), token)) return true;
+      std::string_view scheme, credentials;
+      split_authorization(f.value, &scheme, &credentials);  // as routes do: 1*SP after the scheme
+      if (iequals(scheme, "bearer") && token_matches(credentials, token)) return true;
     }
     extra_headers_ = "WWW-Authenticate: Bearer realm=\"dechunkd-admin\"\r\n";
     send_error(ErrorKind::Unauthorized, "this admin endpoint needs 'Authorization: Bearer <token>' (admin.token_file)");
@@ -162,28 +168,37 @@ class AdminConnection {
   }
 
   void send_error(ErrorKind kind, std::string_view message) {
-    std::string id = request_id();
-    send(error_status(kind), "application/json", error_body(kind, message, id));
+    send(error_status(kind), "application/json", error_body(kind, message, request_id()));
   }
 
-  std::string request_id() {
+  // Like the listeners (SPEC 4, 11): the sender's X-Request-Id when it is usable, else a new one.
+  void keep_request_id(const RequestHead& head) {
+    for (const HeaderField& f : head.fields) {
+      if (iequals(f.name, "x-request-id") && usable_request_id(f.value)) {
+        request_id_.assign(f.value);
+        return;
+      }
+    }
+  }
+
+  const std::string& request_id() {
+    if (!request_id_.empty()) return request_id_;
     static constexpr char kHex[] = "0123456789abcdef";
     unsigned char raw[16];
     if (RAND_bytes(raw, sizeof raw) != 1) std::memset(raw, 0, sizeof raw);
-    std::string id;
     for (unsigned char c : raw) {
-      id += kHex[c >> 4];
-      id += kHex[c & 15];
+      request_id_ += kHex[c >> 4];
+      request_id_ += kHex[c & 15];
     }
-    return id;
+    return request_id_;
   }
 
   void send(int status, std::string_view content_type, std::string_view body) {
     std::string h = "HTTP/1.1 " + std::to_string(status) + " " + std::string(status_reason(status)) +
                     "\r\nContent-Type: " + std::string(content_type) +
                     "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n" + extra_headers_ +
-                    "Cache-Control: no-store\r\nConnection: close\r\n\r\n";
-    h.append(body);
+                    "X-Request-Id: " + request_id() + "\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n";
+    if (!head_only_) h.append(body);  // a HEAD answer has no content (RFC 9110 9.3.2)
     out_.add(std::move(h));
     flush();
   }
@@ -212,7 +227,9 @@ class AdminConnection {
   EventPtr read_ev_, write_ev_, timer_;
   std::string buf_;
   std::string extra_headers_;
+  std::string request_id_;
   OutQueue out_;
+  bool head_only_ = false;
   bool answered_ = false;
   bool closed_ = false;
 };

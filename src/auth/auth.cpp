@@ -154,16 +154,6 @@ std::string presence_reason(std::string_view name, Presence p) {
   return std::string(name) + (p == Presence::Missing ? " header missing" : " header repeated");
 }
 
-// "scheme 1*SP credentials" (RFC 9110 11.4); the codec already trimmed the outer whitespace.
-void split_authorization(std::string_view v, std::string_view* scheme,
-                         std::string_view* credentials) {
-  const size_t sp = v.find(' ');
-  *scheme = v.substr(0, sp);
-  *credentials = {};
-  if (sp == std::string_view::npos) return;
-  const size_t start = v.find_first_not_of(' ', sp);
-  if (start != std::string_view::npos) *credentials = v.substr(start);
-}
 
 // One streaming HMAC; made per call, so concurrent checks share nothing mutable. EVP_MAC itself
 // (the fetched algorithm) is immutable and reference-counted: safe to share between threads.
@@ -715,6 +705,17 @@ std::unique_ptr<Authenticator> create_with_digest(const AuthConfig& c, std::stri
 }
 
 }  // namespace
+
+// "scheme 1*SP credentials" (RFC 9110 11.4); the codec already trimmed the outer whitespace.
+void split_authorization(std::string_view v, std::string_view* scheme,
+                         std::string_view* credentials) {
+  const size_t sp = v.find(' ');
+  *scheme = v.substr(0, sp);
+  *credentials = {};
+  if (sp == std::string_view::npos) return;
+  const size_t start = v.find_first_not_of(' ', sp);
+  if (start != std::string_view::npos) *credentials = v.substr(start);
+}
 
 std::unique_ptr<Authenticator> Authenticator::create(const AuthConfig& config, std::string* error) {
   ErrorQueueGuard guard;

@@ -50,4 +50,8 @@ class Authenticator {
   virtual std::vector<std::string> strip_names() const = 0;
 };
 
+// Splits an Authorization value, "scheme 1*SP credentials" (RFC 9110 11.4), already trimmed of
+// outer whitespace. No space: all of it is the scheme and the credentials are empty.
+void split_authorization(std::string_view v, std::string_view* scheme, std::string_view* credentials);
+
 }  // namespace dechunkd

@@ -541,6 +541,14 @@ void reset(RequestHead* h) {
 
 }  // namespace
 
+bool usable_request_id(std::string_view v) {
+  if (v.empty() || v.size() > 256) return false;
+  for (char c : v) {
+    if (c < 0x20 || c > 0x7e) return false;
+  }
+  return true;
+}
+
 void split_tokens(std::string_view v, std::vector<std::string_view>& out) {
   size_t i = 0;
   while (i <= v.size()) {

@@ -101,6 +101,10 @@ HeadProgress read_request_head(std::string_view buf, const HeadLimits& lim, size
 // the head was parsed where it was read and its bytes were copied to to.
 void rebase_request_head(RequestHead& h, const char* from, size_t len, const char* to);
 
+// A received X-Request-Id the gateway keeps: 1 to 256 printable ASCII bytes. It appears in a JSON
+// body, logs and a response header, which must all show the same value.
+bool usable_request_id(std::string_view v);
+
 // Appends the non-empty comma-separated elements of a field value to out, trimmed of OWS (no
 // quoted-string handling: for token lists such as Connection or Transfer-Encoding).
 void split_tokens(std::string_view v, std::vector<std::string_view>& out);

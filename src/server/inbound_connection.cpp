@@ -387,17 +387,9 @@ void InboundConnection::head_complete(const std::optional<HeadError>& bad) {
     }
     bool listed = false;
     for (auto t : conn_tokens) listed = listed || iequals(t, "x-request-id");
-    // Only a printable ASCII id is kept: it appears in a JSON body, logs and a response header,
-    // which must all show the same value. Anything else gets a generated id.
-    auto printable = [](std::string_view v) {
-      if (v.empty() || v.size() > 256) return false;
-      for (char c : v) {
-        if (c < 0x20 || c > 0x7e) return false;
-      }
-      return true;
-    };
+    // Only a usable id (printable ASCII) is kept; anything else gets a generated id.
     for (const HeaderField& f : head.fields) {
-      if (!listed && iequals(f.name, "x-request-id") && printable(f.value)) {
+      if (!listed && iequals(f.name, "x-request-id") && usable_request_id(f.value)) {
         ctx_.request_id.assign(f.value);
         ctx_.request_id_generated = false;
         break;

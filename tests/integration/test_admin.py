@@ -60,9 +60,34 @@ class AdminEndpointTests(AdminCase):
         self.assertEqual(resp.status, 404)
         self.assertEqual(resp.json()["error"], "not_found")
         self.assertTrue(resp.json()["request_id"])
+        self.assertEqual(resp.header("X-Request-Id"), resp.json()["request_id"])
         resp = admin_get(self.admin_port, "/healthz", method="POST")
         self.assertEqual(resp.status, 405)
-        self.assertEqual(resp.header("Allow"), "GET")
+        self.assertEqual(resp.header("Allow"), "GET, HEAD")
+
+    def test_head_is_get_without_the_body(self):
+        # Monitors probe health with HEAD; a HEAD answer never has content (RFC 9110 9.3.2).
+        self.start()
+        for path in ("/healthz", "/readyz", "/metrics", "/queue", "/nope"):
+            with self.subTest(path):
+                got = admin_get(self.admin_port, path)
+                resp = admin_get(self.admin_port, path, method="HEAD")
+                self.assertEqual((resp.status, resp.body), (got.status, b""))
+                self.assertEqual(resp.header("Content-Type"), got.header("Content-Type"))
+                if path != "/metrics":  # the metrics text changes between the two requests
+                    self.assertEqual(resp.header("Content-Length"), got.header("Content-Length"))
+        resp = admin_get(self.admin_port, "/reload", method="HEAD")
+        self.assertEqual((resp.status, resp.body, resp.header("Allow")), (405, b"", "POST"))
+
+    def test_every_answer_carries_the_request_id(self):
+        self.start()
+        resp = admin_get(self.admin_port, "/nope", headers=[("X-Request-Id", "probe-7")])
+        self.assertEqual((resp.header("X-Request-Id"), resp.json()["request_id"]), ("probe-7", "probe-7"))
+        resp = admin_get(self.admin_port, "/healthz", headers=[("X-Request-Id", "bad\x7fid")])
+        self.assertRegex(resp.header("X-Request-Id"), r"^[0-9a-f]{32}$")
+        resp = admin_get(self.admin_port, "/routes/none/pause", "POST",
+                         [("Authorization", "Bearer " + TOKEN), ("X-Request-Id", "probe-8")])
+        self.assertEqual(resp.header("X-Request-Id"), "probe-8")
 
     def test_mutating_endpoint_needs_the_token(self):
         d = self.start()
@@ -74,13 +99,16 @@ class AdminEndpointTests(AdminCase):
         self.assertEqual(wrong.status, 401)
         ok = admin_get(self.admin_port, "/reload", "POST", [("Authorization", "Bearer " + TOKEN)])
         self.assertEqual((ok.status, ok.json()), (200, {"reloaded": True}))
+        # As for routes: the scheme in any case, then one or more spaces (RFC 9110 11.4).
+        ok = admin_get(self.admin_port, "/reload", "POST", [("Authorization", "bearer   " + TOKEN)])
+        self.assertEqual(ok.status, 200)
 
         d.rewrite_config(d.config_text + "bogus_key: 1\n")
         bad = admin_get(self.admin_port, "/reload", "POST", [("Authorization", "Bearer " + TOKEN)])
         self.assertEqual(bad.status, 400)
         d.wait_log(re.escape(d.config_path) + r":\d+:\d+: .*bogus_key")
         _, m = self.metrics()
-        self.assertEqual(m['dechunkd_config_reloads_total{result="success"}'], 1)
+        self.assertEqual(m['dechunkd_config_reloads_total{result="success"}'], 2)
         self.assertEqual(m['dechunkd_config_reloads_total{result="failure"}'], 1)
         self.assertEqual(TOKEN in d.stderr_text(), False, "the token must never be logged")
 
