@@ -38,6 +38,10 @@ constexpr size_t kMaxPageLimit = 10'000;
 // (one always may, so a larger body still goes), which bounds the queue thread's memory.
 constexpr uint64_t kInFlightBodyBudget = 64ull << 20;
 
+const char* fsync_name(FsyncPolicy p) {
+  return p == FsyncPolicy::Always ? "always" : p == FsyncPolicy::Batch ? "batch" : "never";
+}
+
 std::string lane_key(const std::string& route, uint32_t index, const std::string& url) {
   std::string k = route;
   k += '\n';
@@ -493,8 +497,7 @@ bool QueueService::Impl::open_store(std::string* error) {
   last_sync_ms_ = now;
   log_info("queue: " + opts.dir + ": " + std::to_string(report.segments) + " segment(s), " +
            std::to_string(pending) + " pending deliver" + (pending == 1 ? "y" : "ies") + ", " + std::to_string(dead) +
-           " dead letter(s), " + std::to_string(store_->bytes()) + " bytes; fsync " +
-           (opts.fsync == FsyncPolicy::Always ? "always" : opts.fsync == FsyncPolicy::Batch ? "batch" : "never"));
+           " dead letter(s), " + std::to_string(store_->bytes()) + " bytes; fsync " + fsync_name(opts.fsync));
   arm_timer(housekeeping_.get(), std::chrono::milliseconds(kHousekeepingMs));
   schedule_pump();
   return true;
@@ -582,6 +585,7 @@ void QueueService::Impl::resolve(Lane& lane) {
 }
 
 void QueueService::Impl::set_runtime(std::shared_ptr<const Runtime> rt) {
+  const StorageConfig was = runtime_->config->storage;
   runtime_ = std::move(rt);
   worker_->set_runtime(runtime_);
   if (!store_) {
@@ -602,6 +606,14 @@ void QueueService::Impl::set_runtime(std::shared_ptr<const Runtime> rt) {
       if (r.dedupe) window = std::max<int64_t>(window, r.dedupe->window.count());
     }
     store_->set_dedupe_retention(window);
+    // A reload applies storage.fsync and storage.max_queue_size (SPEC 2: only storage.dir needs a
+    // restart). Submissions waiting for a batch fsync are answered by the pending sync either way.
+    const StorageConfig& now = runtime_->config->storage;
+    store_->set_limits(now.fsync, now.max_queue_size);
+    if (now.fsync != was.fsync || now.max_queue_size != was.max_queue_size) {
+      log_info(std::string("queue: reload applied storage.fsync ") + fsync_name(now.fsync) + ", storage.max_queue_size " +
+               std::to_string(now.max_queue_size) + " bytes");
+    }
   }
   schedule_pump();
 }

@@ -232,6 +232,10 @@ class StoreImpl final : public QueueStore {
 
   const CompactionStats& last_compaction() const override { return stats_; }
   void set_dedupe_retention(int64_t ms) override { dedupe_retention_ms_ = ms; }
+  void set_limits(FsyncPolicy fsync, uint64_t max_bytes) override {
+    opts_.fsync = fsync;
+    opts_.max_bytes = max_bytes;
+  }
   uint64_t disk_bytes() const override {
     uint64_t n = 0;
     for (const auto& [num, s] : segs_) n += s->size;

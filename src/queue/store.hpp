@@ -124,6 +124,8 @@ class QueueStore {
   // Additions beyond the first interface (docs/queue-format.md):
   virtual const CompactionStats& last_compaction() const = 0;
   virtual void set_dedupe_retention(int64_t ms) = 0;
+  // storage.fsync and storage.max_queue_size after a reload: from the next write or sync on.
+  virtual void set_limits(FsyncPolicy fsync, uint64_t max_bytes) = 0;
   virtual uint64_t disk_bytes() const = 0;   // size of all segment files (bytes() plus reclaimable garbage)
   // Empty while healthy. After an fsync or truncate failure the store refuses every write
   // with this message; destroy it and open() again (recovery re-reads what the disk holds).

@@ -331,11 +331,6 @@ size_t Server::reload_config() {
     log_warn("reload: storage.dir changed; this needs a restart (keeping " + config_->storage.dir + ")");
     next->storage.dir = config_->storage.dir;
   }
-  if (next->storage.fsync != config_->storage.fsync || next->storage.max_queue_size != config_->storage.max_queue_size) {
-    log_warn("reload: storage.fsync or storage.max_queue_size changed; this needs a restart (keeping the running ones)");
-    next->storage.fsync = config_->storage.fsync;
-    next->storage.max_queue_size = config_->storage.max_queue_size;
-  }
   if (next->admin.address != config_->admin.address) {
     log_warn("reload: admin.address changed; this needs a restart (keeping the running one)");
     next->admin = config_->admin;

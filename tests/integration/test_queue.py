@@ -1600,6 +1600,32 @@ class DurabilityTests(QueueCase):
         self.settle()
         self.assertEqual(len(rcv.requests), len(accepted) + 1)
 
+    def test_a_reload_applies_the_queue_size_and_fsync(self):
+        # SPEC 2: only workers, storage.dir and admin.address need a restart.
+        rcv = self.receiver()
+        d = self.start([q_route([rcv.url("/in")])], storage={"max_queue_size": "1MiB"})
+        self.pause(d)
+        first = self.accept(d, body=pseudo_random(8192, b"r1"))
+
+        def reload(**storage):
+            mark = d.log_mark()
+            d.rewrite_config(d.config_with(storage=storage))
+            d.send_signal(signal.SIGHUP)
+            d.wait_log("configuration reloaded", start=mark)
+            return mark
+        mark = reload(max_queue_size="12KiB", fsync="never")
+        d.wait_log(r"queue: reload applied storage\.fsync never, storage\.max_queue_size 12288 bytes",
+                   start=mark)
+        self.assertNotIn("needs a restart", d.stderr_text(mark))
+        refused = self.post(d, body=pseudo_random(8192, b"r2"), chunked=False)
+        self.assertEqual((refused.status, refused.json()["error"]), (503, "overloaded"))
+        reload(max_queue_size="1MiB", fsync="always")
+        second = self.accept(d, body=pseudo_random(8192, b"r3"))
+        self.resume(d)
+        rcv.wait_requests(2)
+        self.assertEqual(sorted(s.header("X-Dechunkd-Message-Id") for s in rcv.requests),
+                         sorted([first, second]))
+
     def test_dead_letters_count_toward_the_queue_size(self):
         rcv = self.receiver()
         rcv.reply_with(Reply(400, "Bad Request"))
