@@ -885,14 +885,20 @@ void QueueService::Impl::start_attempt(Lane& lane, std::map<std::string, Deliver
   ++d.attempts;
   if (!d.first_attempt_ms) d.first_attempt_ms = now;
   d.last_attempt_ms = now;
+  // The stored head ends with its last field line; the delivery fields go before a final
+  // Content-Length, which stays last as on every outbound request (SPEC 4).
   std::string head = m->target_heads[d.target_index];
-  head += "X-Dechunkd-Message-Id: ";
-  head += d.message_id;
-  head += "\r\nX-Dechunkd-Delivery-Id: ";
-  head += d.delivery_id();
-  head += "\r\nX-Dechunkd-Attempt: ";
-  append_decimal(head, d.attempts);
-  head += "\r\n\r\n";
+  std::string fields = "X-Dechunkd-Message-Id: ";
+  fields += d.message_id;
+  fields += "\r\nX-Dechunkd-Delivery-Id: ";
+  fields += d.delivery_id();
+  fields += "\r\nX-Dechunkd-Attempt: ";
+  append_decimal(fields, d.attempts);
+  fields += "\r\n";
+  const size_t cl = head.rfind("\r\nContent-Length: ");
+  const bool cl_last = cl != std::string::npos && head.find("\r\n", cl + 2) == head.size() - 2;
+  head.insert(cl_last ? cl + 2 : head.size(), fields);
+  head += "\r\n";
   ExchangeRequest req;
   req.runtime = lane.runtime;
   req.target = lane.target;

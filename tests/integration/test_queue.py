@@ -311,6 +311,10 @@ class AcceptDeliverTests(QueueCase):
             ("X-Forwarded-Host", "gw.example"), ("X-Request-Id", rid),
             ("Content-Length", str(len(body)))])
         self.assertEqual(len(seen.headers), len(proxied) + 3, f"headers: {seen.headers}")
+        # The delivery fields come right before Content-Length, which stays last (SPEC 4).
+        self.assertEqual([f[0] for f in seen.headers[-4:]],
+                         ["X-Dechunkd-Message-Id", "X-Dechunkd-Delivery-Id", "X-Dechunkd-Attempt",
+                          "Content-Length"])
 
         # The connection stays open for the next request; the next id is a different one.
         c.send(build_request("POST", "/q", body=b"second"))
