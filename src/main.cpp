@@ -54,6 +54,11 @@ int main(int argc, char** argv) {
       }
       config_path = argv[++i];
     } else if (a.rfind("--config=", 0) == 0) {
+      if (a.size() == 9) {  // "--config=" with nothing after it: the same mistake as a bare -c
+        std::fprintf(stderr, "dechunkd: --config= needs a file name\n");
+        usage(stderr);
+        return 2;
+      }
       config_path = std::string(a.substr(9));
     } else {
       std::fprintf(stderr, "dechunkd: unknown argument '%s'\n", argv[i]);

@@ -577,8 +577,11 @@ void QueueService::Impl::resolve(Lane& lane) {
       lane.resolve_error = error;
       return;
     }
+    // Said once per URL, when its first lane is made (before its deliveries are counted in): the
+    // lane may hold pending deliveries, dead letters, or both.
     log_info("queue: route " + lane.route + " target " + lane.label +
-             " is no longer configured; its pending deliveries go on with default target settings");
+             " is no longer configured; its stored deliveries (pending ones, and dead letters when replayed) "
+             "go on with default target settings");
   }
   lane.runtime = orphan;
   lane.target = &orphan->config->routes.front().targets.front();

@@ -97,7 +97,7 @@ class CliTests(unittest.TestCase):
             self.assertIn(word, r.stdout)
 
     def test_bad_usage_exits_2(self):
-        for args in (["--bogus"], ["-x"], ["-c"], ["--config"], ["stray-argument"],
+        for args in (["--bogus"], ["-x"], ["-c"], ["--config"], ["--config="], ["stray-argument"],
                      ["--check", "extra"]):
             with self.subTest(args):
                 r = run_cli(*args)
