@@ -342,6 +342,9 @@ TEST_CASE("responses: transfer codings other than a final chunked are reported, 
     CHECK(r.codings == c.codings);
   }
   CHECK(run_response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nabc", 0, false, true).error);
+  // Transfer-Encoding and Content-Length together is an error whatever the coding (RFC 9112 6.3).
+  CHECK(run_response("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc", 0, false, true).error);
+  CHECK(run_response("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 0, false, true).error);
   // A reused codec forgets the previous response's codings.
   ResponseCodec codec;
   Collect sink;
