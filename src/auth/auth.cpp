@@ -446,7 +446,7 @@ class StandardWebhooksAuthenticator final : public Authenticator {
     // Pass 2, only for v1a: Ed25519 in OpenSSL 3.0 verifies a contiguous message only.
     if (!w.v1a.empty()) {
       AuthResult r = verify_ed25519(w, body, body_size);
-      if (r.ok || !r.reason.empty()) return r;
+      if (r.ok || r.busy || !r.reason.empty()) return r;
     }
     return fail("webhook-signature did not match any configured secret or key");
   }
@@ -530,6 +530,20 @@ class StandardWebhooksAuthenticator final : public Authenticator {
     if (body_size > SIZE_MAX - head_size)
       return fail("webhook-signature not checked: body too large");
     const size_t size = head_size + static_cast<size_t>(body_size);
+    // Without this bound, concurrent requests with a made-up v1a signature (no key needed) would
+    // each pin their whole body in memory.
+    SignedContentBudget& budget = ed25519_content_budget();
+    if (!budget.try_take(size)) {
+      AuthResult busy;
+      busy.busy = true;
+      busy.reason = "webhook-signature (v1a) not checked yet: other large Ed25519-signed bodies are being checked";
+      return busy;
+    }
+    struct GiveBack {
+      SignedContentBudget& budget;
+      size_t size;
+      ~GiveBack() { budget.give_back(size); }
+    } give_back{budget, size};
     std::unique_ptr<unsigned char[]> msg(new (std::nothrow) unsigned char[size]);
     if (!msg) return fail("webhook-signature not checked: out of memory for the signed content");
     size_t used = 0;
@@ -705,6 +719,19 @@ std::unique_ptr<Authenticator> create_with_digest(const AuthConfig& c, std::stri
 }
 
 }  // namespace
+
+bool SignedContentBudget::try_take(uint64_t n) {
+  uint64_t cur = held_.load(std::memory_order_relaxed);
+  do {
+    if (cur != 0 && (n > limit_ || cur > limit_ - n)) return false;
+  } while (!held_.compare_exchange_weak(cur, cur + n, std::memory_order_relaxed));
+  return true;
+}
+
+SignedContentBudget& ed25519_content_budget() {
+  static SignedContentBudget budget(64ull << 20);
+  return budget;
+}
 
 // "scheme 1*SP credentials" (RFC 9110 11.4); the codec already trimmed the outer whitespace.
 void split_authorization(std::string_view v, std::string_view* scheme,

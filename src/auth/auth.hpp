@@ -3,6 +3,7 @@
 // once); checks are const and thread-safe. Secrets are compared in constant time and never
 // appear in a reason string.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -28,7 +29,29 @@ struct AuthResult {
   bool ok = false;
   std::string reason;            // for the operator log: what failed (no secret, no signature value)
   std::string www_authenticate;  // the WWW-Authenticate value for a 401 (basic/bearer), else empty
+  // Not decided: the check would hold more signed content than SignedContentBudget allows now.
+  // The answer is 503 with Retry-After (the sender tries again), not 401.
+  bool busy = false;
 };
+
+// Ed25519 (standard_webhooks v1a) is verified over the signed content in one piece (OpenSSL 3.0
+// has no streaming Ed25519), so a body spooled to disk is read back into memory while it is
+// checked. This bounds what all workers hold for that at once: one body of any size (up to
+// max_body_size) may always be checked, more only within the limit.
+class SignedContentBudget {
+ public:
+  explicit SignedContentBudget(uint64_t limit) : limit_(limit) {}
+  bool try_take(uint64_t n);  // false: n does not fit next to what others hold
+  void give_back(uint64_t n) { held_.fetch_sub(n, std::memory_order_relaxed); }
+  uint64_t held() const { return held_.load(std::memory_order_relaxed); }
+
+ private:
+  const uint64_t limit_;
+  std::atomic<uint64_t> held_{0};
+};
+
+// The process's budget for Ed25519-signed content: 64 MiB.
+SignedContentBudget& ed25519_content_budget();
 
 class Authenticator {
  public:

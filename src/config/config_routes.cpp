@@ -10,6 +10,7 @@
 namespace dechunkd::config_detail {
 namespace {
 
+// Fields the gateway writes or frames itself: a header rule cannot set them, and the framing
 // ones cannot be removed either.
 bool managed_header(std::string_view name) {
   for (std::string_view h :
@@ -479,7 +480,18 @@ void Loader::parse_auth(const Field& f, AuthConfig& auth) {
       }
     }
   }
-  if (auto x = key("name", AuthType::Header, true)) header_name(*x, auth.name);
+  if (auto x = key("name", AuthType::Header, true)) {
+    header_name(*x, auth.name);
+    // The secret must leave with the checked header: one the gateway writes, echoes or
+    // forwards in its own way would carry it on (X-Request-Id into the response and the log,
+    // Host into X-Forwarded-Host).
+    if (!auth.name.empty() && (managed_header(auth.name) || iequals(auth.name, "x-request-id") ||
+                               (auth.name.size() > 12 && iequals(auth.name.substr(0, 12), "x-forwarded-")))) {
+      error(x->value_pos, "header " + quote(auth.name) +
+                              " cannot carry the credential: the gateway manages it (choose a header of your own, e.g. X-Api-Key)");
+      auth.name.clear();
+    }
+  }
   if (auto x = key("value", AuthType::Header, true)) header_value(*x, auth.value);
   if (auto x = key("header", AuthType::Hmac, true)) header_name(*x, auth.header);
   if (auto x = key("secret", AuthType::Hmac, true)) {

@@ -684,6 +684,13 @@ void InboundConnection::dispatch() {
   if (const Authenticator* auth = ctx_.runtime->authenticator(*ctx_.route)) {
     if (auth->needs_body()) {
       AuthResult r = auth->check_body(ctx_.head, RequestBodyBytes(ctx_.body), wall_clock_ms() / 1000);
+      if (r.busy) {
+        log_warn("route=" + ctx_.route->name + " request_id=" + ctx_.request_id + ": " + r.reason +
+                 " (503 overloaded, Retry-After: 1)");
+        retry_after_s_ = 1;
+        send_error(ErrorKind::Overloaded, "the gateway is checking other large signed requests; retry shortly", false);
+        return;
+      }
       if (!r.ok) {
         refuse_unauthorized(r);
         return;

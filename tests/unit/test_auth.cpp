@@ -744,6 +744,18 @@ TEST_CASE("standard_webhooks: v1a Ed25519 with PEM public keys") {
   CHECK(both->check_body(head_of(sw_fields(kId, kNow, sign_v1a(key.get(), kId, ts, ""))),
                          PiecesBody({}), kNow)
             .ok);
+
+  // Past the signed-content budget a v1a check is not decided (busy: 503, retry), not refused.
+  SignedContentBudget& budget = ed25519_content_budget();
+  REQUIRE(budget.try_take(64ull << 20));  // as if another worker held a 64 MiB body
+  r = a->check_body(head_of(sw_fields(kId, kNow, good)), whole(body), kNow);
+  CHECK_FALSE(r.ok);
+  CHECK(r.busy);
+  // A v1 signature needs no budget (HMAC streams).
+  CHECK(both->check_body(head_of(sw_fields(kId, kNow, sign_v1(kSecret, kId, ts, body))), whole(body), kNow).ok);
+  budget.give_back(64ull << 20);
+  CHECK(a->check_body(head_of(sw_fields(kId, kNow, good)), whole(body), kNow).ok);
+  CHECK(budget.held() == 0);
 }
 
 TEST_CASE("standard_webhooks: a 1 MiB body in 16 KiB pieces, checked from several threads") {
@@ -833,4 +845,22 @@ TEST_CASE("create: standard_webhooks key and secret errors name the problem") {
   SUBCASE("a null error pointer is allowed") {
     CHECK(Authenticator::create(sw_config({}, {"/nonexistent"}), nullptr) == nullptr);
   }
+}
+
+TEST_CASE("auth: the Ed25519 signed-content budget lets one body of any size go, more only within the limit") {
+  SignedContentBudget budget(100);
+  CHECK(budget.try_take(1000));  // nothing held: one body of any size
+  CHECK_FALSE(budget.try_take(1));
+  budget.give_back(1000);
+  CHECK(budget.held() == 0);
+  CHECK(budget.try_take(60));
+  CHECK(budget.try_take(40));  // exactly the limit
+  CHECK_FALSE(budget.try_take(1));
+  budget.give_back(40);
+  CHECK_FALSE(budget.try_take(41));
+  CHECK(budget.try_take(40));
+  budget.give_back(40);
+  budget.give_back(60);
+  CHECK(budget.held() == 0);
+  CHECK(ed25519_content_budget().held() == 0);  // nothing leaks from the checks above this case
 }

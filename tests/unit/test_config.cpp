@@ -804,6 +804,14 @@ TEST_CASE("auth parses and validates per type") {
                  "    auth: {type: basic, username: u, password: \"${env:DECHUNKD_TEST_PW}\"}\n").empty());
   CHECK(errors_of(head + "    auth: {type: bearer, token: abc.def}\n").empty());
   CHECK(errors_of(head + "    auth: {type: header, name: X-API-Key, value: v}\n").empty());
+  // A header the gateway writes, echoes or forwards in its own way would carry the secret on.
+  for (const char* name : {"X-Request-Id", "host", "Content-Length", "X-Forwarded-Host", "connection"}) {
+    CAPTURE(name);
+    CHECK(error_of(head + "    auth: {type: header, name: " + name + ", value: v}\n") ==
+          "t.yaml:7:32: header '" + std::string(name) +
+              "' cannot carry the credential: the gateway manages it (choose a header of your own, e.g. X-Api-Key)");
+  }
+  CHECK(errors_of(head + "    auth: {type: header, name: Authorization, value: \"Token v\"}\n").empty());
   CHECK(errors_of(head + "    auth: {type: hmac, header: X-Signature, secret: s, algorithm: sha512, "
                         "encoding: base64, prefix: \"sha256=\"}\n").empty());
   CHECK(errors_of(head + "    auth: {type: standard_webhooks, secrets: [\"whsec_c2VjcmV0\"], "
