@@ -720,6 +720,10 @@ std::unique_ptr<Authenticator> create_with_digest(const AuthConfig& c, std::stri
 
 }  // namespace
 
+bool ed25519_public_key_usable(const std::string& path, std::string* error) {
+  return load_ed25519_key(path, error) != nullptr;
+}
+
 bool SignedContentBudget::try_take(uint64_t n) {
   uint64_t cur = held_.load(std::memory_order_relaxed);
   do {

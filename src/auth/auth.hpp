@@ -73,6 +73,10 @@ class Authenticator {
   virtual std::vector<std::string> strip_names() const = 0;
 };
 
+// Whether a standard_webhooks public key file holds a usable Ed25519 PEM public key (the config
+// check reports a bad one at its own list entry); *error says why not.
+bool ed25519_public_key_usable(const std::string& path, std::string* error);
+
 // Splits an Authorization value, "scheme 1*SP credentials" (RFC 9110 11.4), already trimmed of
 // outer whitespace. No space: all of it is the scheme and the credentials are empty.
 void split_authorization(std::string_view v, std::string_view* scheme, std::string_view* credentials);

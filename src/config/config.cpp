@@ -431,11 +431,13 @@ void Loader::parse_listeners(const Field& f, Config& c) {
       if (tm.ok() && tm.empty()) error(t->value_pos, "'tls' must not be empty");
       TlsListenConfig tls;
       Pos cert_pos = t->value_pos;
+      Pos key_pos = t->value_pos;
       if (auto x = tm.require("certificate")) {
         cert_pos = x->value_pos;
         if (auto v = string(*x, true)) tls.certificate = *v;
       }
       if (auto x = tm.require("private_key")) {
+        key_pos = x->value_pos;
         if (auto v = string(*x, true)) tls.private_key = *v;
       }
       if (auto x = tm.take("min_version")) {
@@ -446,7 +448,8 @@ void Loader::parse_listeners(const Field& f, Config& c) {
       // A bad certificate or key is a config error naming the path (also for --check).
       if (!tls.certificate.empty() && !tls.private_key.empty()) {
         std::string why;
-        if (!make_server_ctx(tls, &why)) error(cert_pos, why);
+        TlsFile failed = TlsFile::Other;
+        if (!make_server_ctx(tls, &why, &failed)) error(failed == TlsFile::PrivateKey ? key_pos : cert_pos, why);
       }
       l.tls = std::move(tls);
     }

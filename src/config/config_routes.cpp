@@ -319,7 +319,9 @@ void Loader::parse_target_tls(const Field& f, TargetTls& tls) {
   if (auto x = m.take("verify")) {
     if (auto v = boolean(*x)) tls.verify = *v;
   }
+  Pos ca_pos = m.pos();
   if (auto x = m.take("ca_file")) {
+    ca_pos = x->value_pos;
     if (auto v = string(*x, true)) tls.ca_file = *v;
   }
   auto cert = m.take("client_certificate");
@@ -336,7 +338,14 @@ void Loader::parse_target_tls(const Field& f, TargetTls& tls) {
     error(m.pos(), "missing required key 'client_certificate' (with 'client_private_key')");
   if (!(cert && !key) && !(key && !cert)) {
     std::string why;
-    if (!make_client_ctx(tls, &why)) error(m.pos(), why);
+    TlsFile failed = TlsFile::Other;
+    if (!make_client_ctx(tls, &why, &failed)) {
+      Pos at = m.pos();
+      if (failed == TlsFile::CaFile) at = ca_pos;
+      if (failed == TlsFile::Certificate && cert) at = cert->value_pos;
+      if (failed == TlsFile::PrivateKey && key) at = key->value_pos;
+      error(at, why);
+    }
   }
   if (auto x = m.take("server_name")) {
     if (auto v = string(*x, true)) {
@@ -529,7 +538,14 @@ void Loader::parse_auth(const Field& f, AuthConfig& auth) {
   if (keys) {
     if (auto items = list(*keys, true)) {
       for (const Field& it : *items) {
-        if (auto v = string(it, true)) auth.public_keys.push_back(std::move(*v));
+        auto v = string(it, true);
+        if (!v) continue;
+        std::string why;  // read now, so --check reports an unusable PEM file at its entry
+        if (!ed25519_public_key_usable(*v, &why)) {
+          error(it.value_pos, "auth: " + why);
+          continue;
+        }
+        auth.public_keys.push_back(std::move(*v));
       }
     }
   }

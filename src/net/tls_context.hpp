@@ -10,7 +10,11 @@
 
 namespace dechunkd {
 
-SslCtxPtr make_server_ctx(const TlsListenConfig& tls, std::string* error);
-SslCtxPtr make_client_ctx(const TargetTls& tls, std::string* error);
+// Which file a failed build could not use, so a config error points at that key's value.
+enum class TlsFile { Other, Certificate, PrivateKey, CaFile };
+
+SslCtxPtr make_server_ctx(const TlsListenConfig& tls, std::string* error, TlsFile* failed = nullptr);
+// Certificate and PrivateKey name the client certificate and key.
+SslCtxPtr make_client_ctx(const TargetTls& tls, std::string* error, TlsFile* failed = nullptr);
 
 }  // namespace dechunkd

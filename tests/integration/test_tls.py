@@ -17,7 +17,7 @@ import unittest
 
 from harness import (WAIT, Client, Daemon, GatewayCase, Stream, build_request, free_port,
                      pseudo_random, run_cli, scaled, send_request)
-from tlsutil import CertFactory, ConnectProxy, TlsReceiver
+from tlsutil import CertFactory, ConnectProxy, TlsReceiver, openssl
 
 QUERY_SECRET = "sig=TLSQUERYSECRET"  # in target URLs: must never reach a log line
 
@@ -684,8 +684,19 @@ class TlsConfigCheckTests(unittest.TestCase):
         missing = "/nonexistent/dechunkd/key.pem"
         path, p = self.check(self.listener_config(self.pki.server.chain, missing))
         self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
-        self.assertIn(f"{path}:", p.stderr)
-        self.assertIn(missing, p.stderr)
+        # At the private_key value (line 5), not the certificate's.
+        self.assertIn(f"{path}:5:20: cannot load the private key {missing}: ", p.stderr)
+
+    def test_encrypted_private_key_is_refused_without_a_prompt(self):
+        # dechunkd runs unattended and reloads on SIGHUP: asking for a passphrase would hang
+        # (on a terminal) or fail with OpenSSL's "UI routines::processing error".
+        enc = os.path.join(self.tmp, "encrypted.key")
+        openssl("pkey", "-in", self.pki.server.key, "-aes256", "-passout", "pass:hunter2", "-out", enc)
+        path, p = self.check(self.listener_config(self.pki.server.chain, enc))
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn(f"{path}:5:20: cannot load the private key {enc}: it is encrypted with a passphrase",
+                      p.stderr)
+        self.assertNotIn("pass phrase", p.stdout + p.stderr)
 
     def test_key_not_matching_certificate(self):
         path, p = self.check(self.listener_config(self.pki.server.chain, self.pki.client.key))
@@ -698,16 +709,22 @@ class TlsConfigCheckTests(unittest.TestCase):
         missing = "/nonexistent/dechunkd/ca.pem"
         path, p = self.check(self.target_config(f"          ca_file: \"{missing}\"\n"))
         self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
-        self.assertIn(f"{path}:11:", p.stderr)
-        self.assertIn(missing, p.stderr)
+        self.assertIn(f"{path}:11:20: cannot load the CA file {missing}: ", p.stderr)  # at the value
 
     def test_target_client_certificate_garbage(self):
         path, p = self.check(self.target_config(
             f"          client_certificate: \"{self.garbage}\"\n"
             f"          client_private_key: \"{self.pki.client.key}\"\n"))
         self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
-        self.assertIn(f"{path}:", p.stderr)
-        self.assertIn(self.garbage, p.stderr)
+        self.assertIn(f"{path}:11:31: cannot load the client certificate {self.garbage}: ", p.stderr)
+
+    def test_target_client_private_key_missing_points_at_its_value(self):
+        missing = "/nonexistent/dechunkd/client.key"
+        path, p = self.check(self.target_config(
+            f"          client_certificate: \"{self.pki.client.cert}\"\n"
+            f"          client_private_key: \"{missing}\"\n"))
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn(f"{path}:12:31: cannot load the client private key {missing}: ", p.stderr)
 
     def test_target_tls_config_ok(self):
         path, p = self.check(self.target_config(

@@ -818,7 +818,7 @@ TEST_CASE("auth parses and validates per type") {
                         "tolerance: 1m}\n").empty());
   auto keyerr = errors_of(head + "    auth: {type: standard_webhooks, public_keys: [/etc/k.pem]}\n");
   REQUIRE(keyerr.size() == 1);  // the key is read at load: a missing file names its path
-  CHECK(keyerr[0].rfind("t.yaml:7:11: auth: public key /etc/k.pem: cannot be read", 0) == 0);
+  CHECK(keyerr[0].rfind("t.yaml:7:51: auth: public key /etc/k.pem: cannot be read", 0) == 0);  // at the entry
 
   auto errs = errors_of(head + "    auth: {type: standard_webhooks}\n");
   REQUIRE(errs.size() == 1);
@@ -869,10 +869,10 @@ TEST_CASE("TLS files are loaded at validation; their errors name the path") {
       "        proxy: \"http://proxy.corp:3128\"\n";                // 16
   const auto errs = errors_of(yaml);
   // TLS and egress proxies are supported: their files are loaded, and a missing one is an error
-  // naming the path at the certificate (listener) or at the tls mapping (target).
+  // naming the path at the value of the file's own key.
   const std::vector<std::string> want = {
       "t.yaml:3:24: cannot load the certificate chain /c.pem: error:80000002:system library::No such file or directory",
-      "t.yaml:15:14: cannot load the client certificate /c: error:80000002:system library::No such file or directory",
+      "t.yaml:15:68: cannot load the client certificate /c: error:80000002:system library::No such file or directory",
   };
   CHECK(errs == want);
 }
