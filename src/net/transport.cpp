@@ -75,6 +75,11 @@ IoStatus TlsTransport::classify(int ret, int* err, bool reading) {
       return IoStatus::Error;
     default:
       *err = EPROTO;
+      // OpenSSL recognises "GET ", "POST ", "HEAD ", "PUT " and "CONNE" where a ClientHello
+      // belongs, and sends no alert for them.
+      plain_http_ = ERR_GET_LIB(ERR_peek_error()) == ERR_LIB_SSL &&
+                    (ERR_GET_REASON(ERR_peek_error()) == SSL_R_HTTP_REQUEST ||
+                     ERR_GET_REASON(ERR_peek_error()) == SSL_R_HTTPS_PROXY_REQUEST);
       detail_ = tls_error_string(ssl_.get());
       return IoStatus::Error;
   }

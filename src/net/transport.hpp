@@ -42,6 +42,8 @@ class Transport {
   virtual void shutdown_tls() {}
   // The TLS failure reason (OpenSSL error queue, certificate verification result).
   virtual std::string error_detail() const { return ""; }
+  // TLS server: the failure was a plain HTTP request where a handshake was expected.
+  virtual bool plain_http_seen() const { return false; }
   int fd() const { return fd_; }
 
  protected:
@@ -72,6 +74,7 @@ class TlsTransport final : public Transport {
   bool handshaking() const override { return !handshake_done(); }
   void shutdown_tls() override;
   std::string error_detail() const override { return detail_; }
+  bool plain_http_seen() const override { return plain_http_; }
   bool handshake_done() const { return SSL_is_init_finished(ssl_.get()) == 1; }
 
  private:
@@ -80,6 +83,7 @@ class TlsTransport final : public Transport {
   std::string staging_;      // plaintext handed to SSL_write and not yet accepted by it
   bool read_wants_write_ = false;
   bool write_wants_read_ = false;
+  bool plain_http_ = false;
   std::string detail_;
 };
 

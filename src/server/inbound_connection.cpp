@@ -264,6 +264,15 @@ void InboundConnection::handle_readable() {
     if (n == 0 && st == IoStatus::Error) {
       if (transport_->is_tls()) {
         log_debug("remote=" + remote_ + ": TLS: " + transport_->error_detail());
+        if (transport_->plain_http_seen() && state_ == State::ReadingHead) {
+          // A sender configured with http:// for this https:// listener: say so in the
+          // protocol it speaks instead of a bare reset. The rest of its request is dropped.
+          transport_ = std::make_unique<PlainTransport>(fd_);
+          request_bytes_seen_ = true;
+          send_error(ErrorKind::BadRequest,
+                     "this listener expects TLS: the request was sent as plain HTTP (use https://)", true);
+          return;
+        }
       }
       close_now();  // reset by the client, or a failed TLS handshake
       return;

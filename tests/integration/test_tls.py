@@ -186,15 +186,27 @@ class TlsListenerTests(GatewayCase):
         self.assertEqual(c.final_response().status, 200)
         self.rcv.wait_requests(1)
 
-    def test_plain_http_on_tls_port_is_not_served(self):
-        c = self.connect(self.tls_port)
-        c.send(build_request("POST", "/plain", body=b"x"))
-        # Either a TLS alert, a plain-text 400, or a close: never a forwarded request.
-        state = c.state_after(WAIT)
-        if state == "data":
-            data = c.stream.read_to_eof(time.monotonic() + WAIT)
-            self.assertFalse(data.startswith(b"HTTP/1.1 200"), data[:100])
+    def test_plain_http_on_tls_port_gets_a_plain_400_saying_so(self):
+        # A sender configured with http:// for an https:// listener: a plain-text answer that
+        # says what is wrong (as nginx does), never a forwarded request.
+        # (Not HEAD: OpenSSL has consumed the request line, so the answer cannot know it was one.)
+        for method in ("POST", "GET", "PUT"):
+            with self.subTest(method):
+                c = self.connect(self.tls_port)
+                c.send(build_request(method, "/plain", body=b"x" if method != "GET" else None))
+                resp = c.final_response(method=method)
+                self.assertEqual(resp.status, 400)
+                self.assertEqual((resp.header("Connection") or "").lower(), "close")
+                self.assertEqual(resp.json()["error"], "bad_request")
+                self.assertEqual(resp.json()["message"],
+                                 "this listener expects TLS: the request was sent as plain HTTP (use https://)")
+                self.assertEqual(resp.json()["request_id"], resp.header("X-Request-Id"))
+                self.assertTrue(c.is_closed())
         self.rcv.assert_nothing()
+        # The listener still speaks TLS.
+        c = self.tls()
+        c.send(build_request("POST", "/plain", body=b"x"))
+        self.assertEqual(c.final_response().status, 200)
 
     def test_abandoned_handshakes_do_not_disturb_service(self):
         for _ in range(3):
@@ -236,7 +248,12 @@ class TlsTwoPortZeroListenersTests(unittest.TestCase):
                 plain_port = gw.ports[1 if order == "tls first" else 0]
                 self.assertEqual(kinds[plain_port], "plain 200",
                                  f"listener without tls: did not answer plain HTTP ({kinds})")
-                self.assertEqual(kinds[tls_port], "not plain", f"{kinds}")
+                # The TLS listener refuses plain HTTP (saying so in a plain 400) and does TLS.
+                self.assertEqual(kinds[tls_port], "plain 400", f"{kinds}")
+                c = TlsClient(tls_port, client_context(pki.ca_cert))
+                c.send(build_request("POST", "/echo", body=b"x"))
+                self.assertEqual(c.final_response().status, 200)
+                c.close()
                 gw.stop()
 
 
