@@ -449,7 +449,13 @@ void Loader::parse_listeners(const Field& f, Config& c) {
       if (!tls.certificate.empty() && !tls.private_key.empty()) {
         std::string why;
         TlsFile failed = TlsFile::Other;
-        if (!make_server_ctx(tls, &why, &failed)) error(failed == TlsFile::PrivateKey ? key_pos : cert_pos, why);
+        if (!make_server_ctx(tls, &why, &failed)) {
+          error(failed == TlsFile::PrivateKey ? key_pos : cert_pos, why);
+          // Every error at once: the key is not tried after a failed certificate otherwise.
+          std::string key_why;
+          if (failed == TlsFile::Certificate && !private_key_loads(tls.private_key, "private key", &key_why))
+            error(key_pos, key_why);
+        }
       }
       l.tls = std::move(tls);
     }

@@ -345,6 +345,10 @@ void Loader::parse_target_tls(const Field& f, TargetTls& tls) {
       if (failed == TlsFile::Certificate && cert) at = cert->value_pos;
       if (failed == TlsFile::PrivateKey && key) at = key->value_pos;
       error(at, why);
+      std::string key_why;  // every error at once (see the listener's)
+      if (failed == TlsFile::Certificate && key &&
+          !private_key_loads(tls.client_private_key, "client private key", &key_why))
+        error(key->value_pos, key_why);
     }
   }
   if (auto x = m.take("server_name")) {

@@ -77,6 +77,16 @@ SslCtxPtr make_server_ctx(const TlsListenConfig& tls, std::string* error, TlsFil
   return ctx;
 }
 
+bool private_key_loads(const std::string& path, const char* what, std::string* error) {
+  ERR_clear_error();
+  SslCtxPtr ctx(SSL_CTX_new(TLS_method()));
+  if (!ctx) {
+    *error = "cannot create a TLS context: " + openssl_reason();
+    return false;
+  }
+  return load_private_key(ctx.get(), path, what, error);
+}
+
 SslCtxPtr make_client_ctx(const TargetTls& tls, std::string* error, TlsFile* failed) {
   TlsFile ignored;
   if (!failed) failed = &ignored;

@@ -16,5 +16,8 @@ enum class TlsFile { Other, Certificate, PrivateKey, CaFile };
 SslCtxPtr make_server_ctx(const TlsListenConfig& tls, std::string* error, TlsFile* failed = nullptr);
 // Certificate and PrivateKey name the client certificate and key.
 SslCtxPtr make_client_ctx(const TargetTls& tls, std::string* error, TlsFile* failed = nullptr);
+// Whether a PEM private key file can be loaded on its own (for reporting every error when the
+// certificate beside it failed first); *error names the file as `what` and says why not.
+bool private_key_loads(const std::string& path, const char* what, std::string* error);
 
 }  // namespace dechunkd

@@ -869,10 +869,13 @@ TEST_CASE("TLS files are loaded at validation; their errors name the path") {
       "        proxy: \"http://proxy.corp:3128\"\n";                // 16
   const auto errs = errors_of(yaml);
   // TLS and egress proxies are supported: their files are loaded, and a missing one is an error
-  // naming the path at the value of the file's own key.
+  // naming the path at the value of the file's own key; a key is tried also after its
+  // certificate failed, so every error shows at once.
   const std::vector<std::string> want = {
       "t.yaml:3:24: cannot load the certificate chain /c.pem: error:80000002:system library::No such file or directory",
+      "t.yaml:3:45: cannot load the private key /k.pem: error:80000002:system library::No such file or directory",
       "t.yaml:15:68: cannot load the client certificate /c: error:80000002:system library::No such file or directory",
+      "t.yaml:15:92: cannot load the client private key /k: error:80000002:system library::No such file or directory",
   };
   CHECK(errs == want);
 }
