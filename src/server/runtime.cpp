@@ -1,9 +1,32 @@
 #include "server/runtime.hpp"
 
+#include <openssl/asn1.h>
+#include <openssl/x509.h>
+
 #include "log/log.hpp"
 #include "net/tls_context.hpp"
 
 namespace dechunkd {
+
+namespace {
+constexpr int kCertificateWarnDays = 14;
+
+// A listener certificate that has expired, or soon will, makes senders refuse the connection:
+// said at start and at every reload, while there is time to renew it.
+void warn_certificate_expiry(const std::string& address, const std::string& path, SSL_CTX* ctx) {
+  X509* cert = SSL_CTX_get0_certificate(ctx);
+  int days = 0;
+  int secs = 0;
+  if (!cert || ASN1_TIME_diff(&days, &secs, nullptr, X509_get0_notAfter(cert)) != 1) return;
+  if (days < 0 || secs < 0) {
+    log_warn("listener " + address + ": the certificate " + path + " expired " + std::to_string(-days) +
+             " day(s) ago; senders refuse it: renew it and reload (SIGHUP)");
+  } else if (days < kCertificateWarnDays) {
+    log_warn("listener " + address + ": the certificate " + path + " expires in " + std::to_string(days) +
+             " day(s); renew it and reload (SIGHUP)");
+  }
+}
+}  // namespace
 
 Runtime::Runtime(std::shared_ptr<const Config> c)
     : config(std::move(c)), router(*config),
@@ -28,6 +51,7 @@ std::shared_ptr<const Runtime> Runtime::create(std::shared_ptr<const Config> con
       *error = "listener " + l.address + ": " + *error;
       return nullptr;
     }
+    warn_certificate_expiry(l.address, l.tls->certificate, ctx.get());
     rt->server_ctx_[listen_key(*rt->config, i)] = std::move(ctx);
   }
   for (const RouteConfig& r : rt->config->routes) {

@@ -8,6 +8,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -255,6 +256,30 @@ class TlsTwoPortZeroListenersTests(unittest.TestCase):
                 self.assertEqual(c.final_response().status, 200)
                 c.close()
                 gw.stop()
+
+
+class TlsListenerCertificateExpiryTests(unittest.TestCase):
+    def test_an_expired_listener_certificate_is_logged_at_start_and_reload(self):
+        pki = CertFactory()
+        self.addCleanup(pki.close)
+        gw = Daemon([{"name": "echo", "path": "/echo", "mode": "echo"}], listen=[
+            {"address": "127.0.0.1:0",
+             "tls": {"certificate": pki.expired.chain, "private_key": pki.expired.key}}])
+        self.addCleanup(gw.close)
+        gw.start()
+        line = r"warn listener 127\.0\.0\.1:0: the certificate %s expired \d+ day\(s\) ago; senders refuse it: " \
+               r"renew it and reload \(SIGHUP\)" % re.escape(pki.expired.chain)
+        gw.wait_log(line)
+        mark = gw.log_mark()
+        gw.send_signal(signal.SIGHUP)
+        gw.wait_log(line, start=mark)
+        # A valid certificate says nothing.
+        ok = Daemon([{"name": "echo", "path": "/echo", "mode": "echo"}], listen=[
+            {"address": "127.0.0.1:0",
+             "tls": {"certificate": pki.server.chain, "private_key": pki.server.key}}])
+        self.addCleanup(ok.close)
+        ok.start()
+        self.assertNotIn("the certificate", ok.stderr_text())
 
 
 class TlsMinVersion13Tests(unittest.TestCase):
