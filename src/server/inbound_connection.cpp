@@ -230,14 +230,17 @@ void InboundConnection::handle_readable() {
     if (state_ == State::Closed || transport_->write_wants_read()) return;
   }
   if (state_ == State::Closed) return;
-  if (pending_.len > 0 && (state_ == State::ReadingHead || state_ == State::ReadingBody)) {
-    Span s = std::move(pending_);
-    pending_ = Span{};
-    process(s.block, s.ptr, s.len);
-    if (state_ != State::ReadingHead && state_ != State::ReadingBody) return;
-  }
   for (int i = 0; i < kMaxReadsPerEvent; ++i) {
     if (state_ == State::Closed) return;
+    if (pending_.len > 0 && (state_ == State::ReadingHead || state_ == State::ReadingBody)) {
+      // Bytes read past the previous request come before anything read now. A response that
+      // completes while its read is processed (echo, a 401 after the body) leaves them here in
+      // the middle of this loop, not only between events.
+      Span s = std::move(pending_);
+      pending_ = Span{};
+      process(s.block, s.ptr, s.len);
+      continue;
+    }
     if (state_ == State::Closing) {
       char scratch[16384];
       ssize_t n = ::read(fd_, scratch, sizeof scratch);

@@ -117,6 +117,31 @@ class EchoTests(GatewayCase):
             self.assertTrue(got.endswith(b"\r\n\r\n%d" % i))
         self.assertFalse(c.is_closed(0.3))
 
+    def test_pipelined_echoes_larger_than_a_read_block_keep_their_boundaries(self):
+        # An echo completes while its read is processed; the pipelined rest of that read must
+        # still come before bytes read after it. Past one read block (128 KiB) of pipelined
+        # bytes, a later request's body was once parsed as a new request (and could be forwarded).
+        for count, size, chunked in ((2, 100_000, False), (3, 60_000, True), (13, 10_000, False),
+                                     (200, 1_000, True)):
+            with self.subTest(count=count, size=size, chunked=chunked):
+                bodies = [pseudo_random(size, b"pipe%d" % i) for i in range(count)]
+                # A request line inside a body must stay body bytes.
+                bodies[-1] = bodies[-1][:size // 2] + b"\r\n\r\nPOST /dbg/SMUGGLED HTTP/1.1\r\n" \
+                    b"Host: gw\r\nContent-Length: 0\r\n\r\n" + bodies[-1][size // 2:]
+                raw = b"".join(build_request("POST", f"/echo?n={i}",
+                                             **({"chunks": [b[:size // 3], b[size // 3:]]} if chunked
+                                                else {"body": b}))
+                               for i, b in enumerate(bodies))
+                c = self.connect()
+                c.send(raw)
+                for i, b in enumerate(bodies):
+                    resp = c.final_response()
+                    self.assertEqual(resp.status, 200, f"request {i}: {resp}")
+                    self.assertTrue(resp.body.startswith(b"POST /echo?n=%d HTTP/1.1\r\n" % i),
+                                    resp.body[:80])
+                    self.assertTrue(resp.body.endswith(b"\r\n\r\n" + b), f"request {i}: body differs")
+                self.assertFalse(c.is_closed(0.3), "the connection must stay in sync and open")
+
 
 if __name__ == "__main__":
     unittest.main()
