@@ -119,6 +119,9 @@ bool Server::bind_listeners(std::vector<std::vector<ListenerSocket>>* per_worker
 int Server::run() {
   evthread_use_pthreads();
   signal(SIGPIPE, SIG_IGN);
+  // A file size limit (ulimit -f, LimitFSIZE=) must fail the one write (EFBIG: the request gets
+  // its 500, the queue its 503) rather than kill the process with every request in flight.
+  signal(SIGXFSZ, SIG_IGN);
   Log::set_level(config_->log.level);
   // Signals are caught from here on: a stop signal that arrives while we bind is handled once
   // the loop runs, instead of killing the process half-started.

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import resource
 import select
 import shutil
 import signal
@@ -836,7 +837,7 @@ class Daemon:
 
     def __init__(self, routes: Optional[list] = None, *, config_text: Optional[str] = None,
                  args: Iterable[str] = (), env: Optional[dict] = None, tmpdir: Optional[str] = None,
-                 **sections):
+                 rlimits: Optional[dict] = None, **sections):
         self.tmp = tmpdir or tempfile.mkdtemp(prefix="dechunkd-it-")
         self._own_tmp = tmpdir is None
         self.storage_dir = os.path.join(self.tmp, "storage")
@@ -857,6 +858,7 @@ class Daemon:
         self.config_text = config_text
         self.args = list(args)
         self.env = dict(os.environ, **(env or {}))
+        self.rlimits = dict(rlimits or {})  # resource.RLIMIT_* -> (soft, hard), set in the child
         self.proc: Optional[subprocess.Popen] = None
         self.stderr_lines: list[str] = []
         self.stdout_lines: list[str] = []
@@ -870,9 +872,15 @@ class Daemon:
             raise AssertionError(f"dechunkd binary not found at {BIN} (set DECHUNKD_BIN)")
         with open(self.config_path, "w") as f:
             f.write(self.config_text)
+        limits = self.rlimits
+
+        def set_limits():
+            for which, value in limits.items():
+                resource.setrlimit(which, value)
         self.proc = subprocess.Popen([BIN, "-c", self.config_path, *self.args],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, env=self.env, cwd=self.tmp)
+                                     stderr=subprocess.PIPE, env=self.env, cwd=self.tmp,
+                                     preexec_fn=set_limits if limits else None)
         for pipe, lines in ((self.proc.stderr, self.stderr_lines),
                             (self.proc.stdout, self.stdout_lines)):
             t = threading.Thread(target=self._read_lines, args=(pipe, lines), daemon=True)

@@ -2,6 +2,7 @@
 temp file in storage.dir and arrive byte-identical; many connections at once; bounded memory."""
 import hashlib
 import os
+import resource
 import threading
 import time
 import unittest
@@ -188,6 +189,31 @@ class SmallMemoryBufferTests(GatewayCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class FileSizeLimitTests(GatewayCase):
+    """A file size limit (ulimit -f, LimitFSIZE=) fails the spill write of one request: that
+    request gets a 500, nothing reaches the target, and the daemon (not killed by SIGXFSZ) goes on."""
+    keep_bodies = False
+
+    @classmethod
+    def gateway(cls):
+        return Daemon([{"name": "up", "path": "/up", "target": cls.rcv.url("/up")}],
+                      limits={"memory_buffer": "64KiB"},
+                      rlimits={resource.RLIMIT_FSIZE: (1 * MIB, 1 * MIB)})
+
+    def test_a_spill_past_the_file_size_limit_is_a_500_and_the_daemon_goes_on(self):
+        big = pseudo_random(3 * MIB, b"fsize")
+        c = self.connect()
+        c.send(build_request("POST", "/up", chunks=[big[i:i + 64 * 1024] for i in range(0, len(big), 64 * 1024)]))
+        resp = c.final_response(timeout=30 * SCALE)
+        self.assert_error(resp, 500, "internal_error")
+        self.assertIsNone(self.gw.proc.poll(), "the daemon died")
+        self.rcv.assert_nothing()
+        self.gw.wait_log("writing the request body to storage.dir failed")
+        resp = self.exchange(build_request("POST", "/up", body=b"after"))[0]
+        self.assertEqual(resp.status, 200)
+        self.assertEqual(self.rcv.wait_requests(1)[0].body_len, 5)
 
 
 class SlowClientTests(GatewayCase):
