@@ -238,6 +238,10 @@ AdminServer::AdminServer(event_base* base, AdminBackend& backend) : base_(base),
   reaper_.reset(event_new(base_, -1, 0, [](evutil_socket_t, short, void* arg) {
     static_cast<AdminServer*>(arg)->graveyard_.clear();
   }, this));
+  accept_pause_.reset(event_new(base_, -1, 0, [](evutil_socket_t, short, void* arg) {
+    auto* s = static_cast<AdminServer*>(arg);
+    if (s->accept_ev_) event_add(s->accept_ev_.get(), nullptr);
+  }, this));
 }
 
 AdminServer::~AdminServer() { stop(); }
@@ -268,6 +272,18 @@ void AdminServer::on_accept(evutil_socket_t fd, short, void* arg) {
   auto* s = static_cast<AdminServer*>(arg);
   for (int i = 0; i < 16; ++i) {
     int c = ::accept4(fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (c < 0 && (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)) {
+      // The connection stays in the backlog and the event would fire again at once: pause.
+      event_del(s->accept_ev_.get());
+      arm_timer(s->accept_pause_.get(), std::chrono::milliseconds(100));
+      const int64_t now = wall_clock_ms();
+      if (now - s->accept_failure_logged_ms_ >= 1000) {
+        s->accept_failure_logged_ms_ = now;
+        log_warn("admin endpoint: accept failed: " + std::string(std::strerror(errno)) +
+                 "; not accepting for 100 ms: raise LimitNOFILE= (systemd) or lower limits.max_connections");
+      }
+      return;
+    }
     if (c < 0) return;
     set_nodelay(c);
     auto conn = std::make_unique<AdminConnection>(*s, c);

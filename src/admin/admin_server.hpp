@@ -54,6 +54,8 @@ class AdminServer {
   std::unordered_map<AdminConnection*, std::unique_ptr<AdminConnection>> conns_;
   std::vector<std::unique_ptr<AdminConnection>> graveyard_;
   EventPtr reaper_;
+  EventPtr accept_pause_;  // re-enables accepting after running out of descriptors (as workers do)
+  int64_t accept_failure_logged_ms_ = 0;
 };
 
 }  // namespace dechunkd

@@ -1,5 +1,7 @@
 #include "server/server.hpp"
 
+#include <sys/resource.h>
+
 #include <event2/thread.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -116,6 +118,24 @@ bool Server::bind_listeners(std::vector<std::vector<ListenerSocket>>* per_worker
   return true;
 }
 
+namespace {
+// Every connection needs a descriptor (a proxied one two, a spilled body three): take the hard
+// limit as the soft one, and say so when even that is below limits.max_connections.
+void check_descriptor_limit(uint64_t max_connections) {
+  rlimit nofile{};
+  if (getrlimit(RLIMIT_NOFILE, &nofile) != 0) return;
+  if (nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &nofile) != 0) getrlimit(RLIMIT_NOFILE, &nofile);
+  }
+  if (nofile.rlim_cur != RLIM_INFINITY && nofile.rlim_cur < max_connections + 64) {
+    log_warn("RLIMIT_NOFILE is " + std::to_string(nofile.rlim_cur) + " descriptors, below limits.max_connections " +
+             std::to_string(max_connections) + " (a proxied connection uses 2 or 3): connections past it wait in "
+             "the listen backlog; raise LimitNOFILE= (systemd) or lower limits.max_connections");
+  }
+}
+}  // namespace
+
 int Server::run() {
   evthread_use_pthreads();
   signal(SIGPIPE, SIG_IGN);
@@ -123,6 +143,7 @@ int Server::run() {
   // its 500, the queue its 503) rather than kill the process with every request in flight.
   signal(SIGXFSZ, SIG_IGN);
   Log::set_level(config_->log.level);
+  check_descriptor_limit(config_->limits.max_connections);
   // Signals are caught from here on: a stop signal that arrives while we bind is handled once
   // the loop runs, instead of killing the process half-started.
   base_.reset(event_base_new());

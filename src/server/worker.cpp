@@ -1,5 +1,7 @@
 #include "server/worker.hpp"
 
+#include <sys/resource.h>
+
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -33,6 +35,7 @@ Worker::Worker(unsigned index, SharedState& shared, std::shared_ptr<const Runtim
   reaper_.reset(event_new(base_.get(), -1, 0, on_reap, this));
   drain_timer_.reset(event_new(base_.get(), -1, 0, on_drain_timeout, this));
   flush_timer_.reset(event_new(base_.get(), -1, EV_PERSIST, on_flush_timer, this));
+  accept_pause_.reset(event_new(base_.get(), -1, 0, on_accept_pause_end, this));
   dechunkd::arm_timer(flush_timer_.get(), kAccessLogFlush);
   upstreams_ = std::make_unique<UpstreamPool>(*this);
   for (const ListenerSocket& l : listeners_) {
@@ -129,7 +132,11 @@ void Worker::accept_from(size_t li) {
     int fd = ::accept4(listeners_[li].fd, reinterpret_cast<sockaddr*>(&peer), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno != EAGAIN) log_warn(std::string("accept on ") + listeners_[li].address + " failed: " + std::strerror(errno));
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        pause_accepting(listeners_[li].address, errno);
+      } else if (errno != EAGAIN) {
+        log_warn(std::string("accept on ") + listeners_[li].address + " failed: " + std::strerror(errno));
+      }
       return;
     }
     set_nodelay(fd);
@@ -145,6 +152,36 @@ void Worker::accept_from(size_t li) {
       raw->start();
     }
   }
+}
+
+// Out of descriptors (or kernel memory): the connection stays in the listen backlog, and the
+// level-triggered accept event would fire again at once, so accepting pauses for a moment (as
+// nginx does) instead of spinning, and the log says so at most once a second.
+void Worker::pause_accepting(const std::string& address, int error) {
+  constexpr std::chrono::milliseconds kPause{100};
+  for (EventPtr& ev : accept_events_) event_del(ev.get());
+  dechunkd::arm_timer(accept_pause_.get(), kPause);
+  ++accept_failures_;
+  const int64_t now = wall_clock_ms();
+  if (now - accept_failure_logged_ms_ < 1000) return;
+  accept_failure_logged_ms_ = now;
+  std::string advice;
+  if (error == EMFILE || error == ENFILE) {
+    rlimit nofile{};
+    getrlimit(RLIMIT_NOFILE, &nofile);
+    advice = "; " + std::to_string(shared_.connections.load(std::memory_order_relaxed)) +
+             " connection(s) open, RLIMIT_NOFILE " + std::to_string(nofile.rlim_cur) +
+             ": raise LimitNOFILE= (systemd) or lower limits.max_connections";
+  }
+  log_warn("accept on " + address + " failed: " + std::strerror(error) + " (" + std::to_string(accept_failures_) +
+           " time(s) since the last such line); not accepting for 100 ms" + advice);
+  accept_failures_ = 0;
+}
+
+void Worker::on_accept_pause_end(evutil_socket_t, short, void* arg) {
+  auto* w = static_cast<Worker*>(arg);
+  if (w->draining_) return;
+  for (EventPtr& ev : w->accept_events_) event_add(ev.get(), nullptr);
 }
 
 void Worker::connection_closed(InboundConnection* c) {

@@ -83,6 +83,8 @@ class Worker {
   static void on_accept(evutil_socket_t fd, short, void* arg);
   static void on_reap(evutil_socket_t, short, void* arg);
   static void on_drain_timeout(evutil_socket_t, short, void* arg);
+  static void on_accept_pause_end(evutil_socket_t, short, void* arg);
+  void pause_accepting(const std::string& address, int error);
   static void on_flush_timer(evutil_socket_t, short, void* arg);
   void accept_from(size_t listener_index);
   void start_drain();
@@ -101,6 +103,9 @@ class Worker {
   EventPtr reaper_;                      // frees the graveyard after callbacks return
   EventPtr drain_timer_;
   EventPtr flush_timer_;                 // flushes the access-log buffer
+  EventPtr accept_pause_;                // re-enables accepting after running out of descriptors
+  int64_t accept_failure_logged_ms_ = 0;
+  uint64_t accept_failures_ = 0;         // since the last log line about them
   std::unordered_map<InboundConnection*, std::unique_ptr<InboundConnection>> connections_;
   std::vector<std::unique_ptr<Deferred>> graveyard_;
   BlockPool blocks_;

@@ -1,10 +1,12 @@
 """Size limits, timers and the connection limit (SPEC 3, 4 and 11)."""
+import os
+import resource
 import threading
 import time
 import unittest
 
-from harness import (PeerClosed, SANITIZED, WAIT, Client, Daemon, GatewayCase, build_request,
-                     scaled, wait_until)
+from harness import (PeerClosed, SANITIZED, WAIT, Client, Daemon, GatewayCase, StrictReceiver,
+                     build_request, scaled, send_request, wait_until)
 
 LIMITS = {"max_body_size": 1000, "max_header_size": 1024, "max_headers": 10,
           "max_uri_size": 256}
@@ -340,3 +342,41 @@ class IdleFloodTests(GatewayCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class DescriptorExhaustionTests(unittest.TestCase):
+    """Out of file descriptors (EMFILE): the gateway says so once in a while and waits for
+    descriptors to come back instead of spinning on the listener; it serves again after."""
+
+    def test_running_out_of_descriptors_neither_spins_nor_floods_the_log(self):
+        rcv = StrictReceiver()
+        self.addCleanup(rcv.close)
+        d = Daemon([{"name": "l", "path_prefix": "/l", "target": rcv.url("/l")}],
+                   rlimits={resource.RLIMIT_NOFILE: (64, 64)})
+        self.addCleanup(d.close)
+        d.start()
+        d.wait_log(r"warn RLIMIT_NOFILE is 64 descriptors, below limits\.max_connections 10000")
+        held = []
+        for _ in range(80):  # more than the daemon has descriptors left
+            c = Client(d.port)
+            held.append(c)
+            self.addCleanup(c.close)
+        d.wait_log(r"accept on 127\.0\.0\.1:\d+ failed: Too many open files \(\d+ time\(s\) since the "
+                   r"last such line\); not accepting for 100 ms; \d+ connection\(s\) open, RLIMIT_NOFILE 64: "
+                   r"raise LimitNOFILE= \(systemd\) or lower limits\.max_connections")
+        cpu0, t0 = process_cpu_seconds(d.pid), time.monotonic()
+        time.sleep(1.5)
+        cpu, wall = process_cpu_seconds(d.pid) - cpu0, time.monotonic() - t0
+        self.assertLess(cpu, 0.5 * wall, f"the daemon spun: {cpu:.2f} s of CPU in {wall:.2f} s")
+        lines = [l for l in d.stderr_text().splitlines() if "Too many open files" in l]
+        self.assertLessEqual(len(lines), 6, "the failure is logged at most about once a second")
+        for c in held:
+            c.close()
+        wait_until(lambda: send_request(d.port, build_request("POST", "/l", body=b"ok")).status == 200,
+                   WAIT, "served again once descriptors are free", step=0.2)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
