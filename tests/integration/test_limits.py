@@ -349,6 +349,11 @@ class DescriptorExhaustionTests(unittest.TestCase):
     descriptors to come back instead of spinning on the listener; it serves again after."""
 
     def test_running_out_of_descriptors_neither_spins_nor_floods_the_log(self):
+        if "UBSAN_OPTIONS" in os.environ:
+            # UBSan's vptr check tests memory readability through a pipe: with no descriptor
+            # left it reports an "invalid vptr" for a valid object, and no suppression applies.
+            # The release and TSan runs cover this test.
+            self.skipTest("UBSan cannot run its vptr check without a free descriptor")
         rcv = StrictReceiver()
         self.addCleanup(rcv.close)
         d = Daemon([{"name": "l", "path_prefix": "/l", "target": rcv.url("/l")}],
@@ -372,8 +377,13 @@ class DescriptorExhaustionTests(unittest.TestCase):
         self.assertLessEqual(len(lines), 6, "the failure is logged at most about once a second")
         for c in held:
             c.close()
-        wait_until(lambda: send_request(d.port, build_request("POST", "/l", body=b"ok")).status == 200,
-                   WAIT, "served again once descriptors are free", step=0.2)
+
+        def served() -> bool:
+            try:
+                return send_request(d.port, build_request("POST", "/l", body=b"ok")).status == 200
+            except (PeerClosed, OSError):
+                return False  # still working through the closed connections in the backlog
+        wait_until(served, WAIT, "served again once descriptors are free", step=0.2)
 
 
 def process_cpu_seconds(pid: int) -> float:
