@@ -826,7 +826,13 @@ void InboundConnection::queue_answered(const QueueAck& ack) {
   if (ack.status == 503) {
     log_warn("route=" + ctx_.route->name + " request_id=" + ctx_.request_id + ": not queued: " + ack.error);
     retry_after_s_ = ack.retry_after_s > 0 ? ack.retry_after_s : 1;
-    send_error(ErrorKind::Overloaded, ack.error, false);
+    // A full queue is the sender's business (it should slow down); a storage failure's detail
+    // (paths, offsets, errno) is the operator's, in the log line above.
+    const bool full = ack.error.rfind("the queue is full", 0) == 0;
+    send_error(ErrorKind::Overloaded,
+               full ? std::string_view(ack.error)
+                    : std::string_view("the gateway cannot store requests right now; retry later"),
+               false);
     return;
   }
   status_ = ack.status;

@@ -640,7 +640,9 @@ void ProxyCall::on_timer(void* arg) {
       self->fail(ErrorKind::BadGateway, "the target stopped reading the request (timeouts.send)");
       break;
     case Timeout::Response:
-      self->fail(ErrorKind::GatewayTimeout, "the target did not answer in time (upstream_response)");
+      self->fail(ErrorKind::GatewayTimeout,
+                 "no response head within " + std::to_string(self->response_timeout().count()) + " ms (" +
+                     (self->target_->timeout ? "the target's timeout" : "timeouts.upstream_response") + ")");
       break;
     case Timeout::Idle:
       self->fail(ErrorKind::BadGateway, "the target stopped sending the response body (upstream_idle)");

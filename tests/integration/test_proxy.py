@@ -434,6 +434,8 @@ class ProxyTests(GatewayCase):
         c.send(build_request("POST", "/slow", body=b"x"))
         resp = c.final_response(timeout=1 + scaled(1.2))  # the target timeout is 1 s
         self.assert_error(resp, 504, "gateway_timeout")
+        self.assertEqual(resp.json()["message"], "the target did not answer in time: "
+                                                 "no response head within 1000 ms (the target's timeout)")
         self.assertFalse(c.is_closed(0.3), "504 keeps the connection open")
         self.assert_error_logged(mark, "route-slow-target",
                                  f"{self.r['slow'].authority}/slow/path", "SLOWSECRET")
