@@ -1,6 +1,7 @@
 #include "server/server.hpp"
 
 #include <sys/resource.h>
+#include <sys/statvfs.h>
 
 #include <event2/thread.h>
 #include <fcntl.h>
@@ -273,6 +274,16 @@ std::string Server::not_ready_reason() {
   if (draining_) return "draining";
   if (::access(config_->storage.dir.c_str(), W_OK | X_OK) != 0) {
     return "storage.dir " + config_->storage.dir + " is not writable: " + std::strerror(errno);
+  }
+  // Writable but full is not writable either: the next spilled body or queued request fails.
+  struct statvfs fs {};
+  if (::statvfs(config_->storage.dir.c_str(), &fs) == 0) {
+    const uint64_t free_bytes = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+    const uint64_t needed = std::max<uint64_t>(config_->limits.memory_buffer, 1 << 20);
+    if (free_bytes < needed || (fs.f_files > 0 && fs.f_favail == 0)) {
+      return "storage.dir " + config_->storage.dir + " is full (" + std::to_string(free_bytes) +
+             " bytes free, at least " + std::to_string(needed) + " needed)";
+    }
   }
   if (queue_) {
     std::string q = queue_->failure();

@@ -177,6 +177,33 @@ class AdminEndpointTests(AdminCase):
         self.assertEqual(slow.final_response().status, 200)
         self.assertEqual(d.wait_exit(), 0)
 
+    def test_readyz_is_503_while_storage_dir_is_full(self):
+        # Writable but full is not writable either: the next spilled body would fail. Needs a
+        # small filesystem of its own: a tmpfs, where the test may mount one (root).
+        mnt = tempfile.mkdtemp(prefix="dechunkd-full-")
+        self.addCleanup(os.rmdir, mnt)
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt],
+                          capture_output=True).returncode != 0:
+            self.skipTest("cannot mount a tmpfs here")
+        self.addCleanup(subprocess.run, ["umount", mnt], check=True)  # after the daemon is gone
+        self.start(storage={"dir": os.path.join(mnt, "state")})
+        self.assertEqual(admin_get(self.admin_port, "/readyz").status, 200)
+        fill = os.path.join(mnt, "fill")
+        fd = os.open(fill, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while True:
+                os.write(fd, b"\0" * 65536)
+        except OSError:
+            pass  # ENOSPC: the filesystem is full
+        finally:
+            os.close(fd)
+        resp = admin_get(self.admin_port, "/readyz")
+        self.assertEqual(resp.status, 503)
+        self.assertRegex(resp.body.decode(), r"^not ready: storage\.dir .*/state is full \(\d+ bytes free, "
+                                             r"at least 1048576 needed\)$")
+        os.unlink(fill)
+        self.assertEqual(admin_get(self.admin_port, "/readyz").status, 200)
+
     def assert_promtool_accepts(self, text: str):
         promtool = shutil.which("promtool")
         if not promtool:
