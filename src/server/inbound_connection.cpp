@@ -524,10 +524,13 @@ bool InboundConnection::on_body_bytes(const char* p, size_t n) {
   // A body may pin one block more than memory_buffer: the block the connection reads into
   // exists whether or not the body spills, and a body that crosses a block boundary pins both.
   // So a memory_buffer below Block::kSize still keeps small bodies in memory.
+  // The span list counts too (a Span per chunk: 32 bytes for a 1-byte chunk), and the bound
+  // holds after the first spill as well, so a body in tiny chunks cannot pin ~100x the limit.
   const uint64_t limit = config().limits.memory_buffer;
-  const bool pins_too_much = body.held > Block::kSize && body.held - Block::kSize > limit;  // no overflow
+  const uint64_t pinned = body.held + body.spans.size() * sizeof(Span);
+  const bool pins_too_much = pinned > Block::kSize && pinned - Block::kSize > limit;  // no overflow
   if ((body.spill_fd < 0 && (body.in_memory > limit || pins_too_much)) ||
-      (body.spill_fd >= 0 && body.in_memory >= kSpillBatch)) {
+      (body.spill_fd >= 0 && (body.in_memory >= kSpillBatch || pins_too_much))) {
     if (!spill(&why)) {
       codec_.fail(ErrorKind::InternalError, why);
       return false;
