@@ -111,6 +111,7 @@ void InboundConnection::start() {
 
 void InboundConnection::reject_overloaded() {
   worker_.new_request_id(ctx_.request_id);
+  worker_.note_overloaded();
   close_after_ = true;
   send_error(ErrorKind::Overloaded, "the gateway has reached limits.max_connections; retry shortly", true);
 }
@@ -552,9 +553,13 @@ bool InboundConnection::spill(const char** why) {
       if (body.spill_fd >= 0) ::unlink(tmpl.c_str());
     }
     if (body.spill_fd < 0) {
+      const int e = errno;
       log_error("route=" + ctx_.route->name + " request_id=" + ctx_.request_id +
-                ": cannot create a temp file in storage.dir " + dir + ": " + std::strerror(errno) +
-                " (check that the directory exists and is writable by the dechunkd user)");
+                ": cannot create a temp file in storage.dir " + dir + ": " + std::strerror(e) +
+                (e == EMFILE || e == ENFILE
+                     ? " (out of file descriptors: raise LimitNOFILE= or lower limits.max_connections)"
+                     : e == ENOSPC ? " (the disk is full)"
+                                   : " (check that the directory exists and is writable by the dechunkd user)"));
       *why = "the gateway could not store the request body";
       return false;
     }
@@ -570,8 +575,10 @@ bool InboundConnection::spill(const char** why) {
     ssize_t w = ::pwritev(body.spill_fd, iov, cnt, static_cast<off_t>(body.spilled));
     if (w < 0 && errno == EINTR) continue;
     if (w <= 0) {
-      log_error("route=" + ctx_.route->name + " request_id=" + ctx_.request_id +
-                ": writing the request body to storage.dir failed: " + std::strerror(errno) + " (is the disk full?)");
+      const int e = w < 0 ? errno : ENOSPC;
+      log_error("route=" + ctx_.route->name + " request_id=" + ctx_.request_id + ": writing the request body to storage.dir " +
+                config().storage.dir + " failed: " + std::strerror(e) +
+                (e == EFBIG ? " (a file size limit: LimitFSIZE= / ulimit -f)" : " (is the disk full?)"));
       *why = "the gateway could not store the request body";
       return false;
     }

@@ -178,6 +178,17 @@ void Worker::pause_accepting(const std::string& address, int error) {
   accept_failures_ = 0;
 }
 
+void Worker::note_overloaded() {
+  ++overloaded_;
+  const int64_t now = wall_clock_ms();
+  if (now - overload_logged_ms_ < 1000) return;
+  overload_logged_ms_ = now;
+  log_warn("limits.max_connections (" + std::to_string(runtime_->config->limits.max_connections) + ") reached: " +
+           std::to_string(overloaded_) + " connection(s) answered 503 since the last such line; raise it if the "
+           "host has room, or look for slow or idle clients holding connections");
+  overloaded_ = 0;
+}
+
 void Worker::on_accept_pause_end(evutil_socket_t, short, void* arg) {
   auto* w = static_cast<Worker*>(arg);
   if (w->draining_) return;

@@ -90,6 +90,10 @@ class Worker {
   void start_drain();
   void maybe_finish_drain();
   void cut_all(const std::vector<InboundConnection*>& all);
+ public:
+  // A connection past limits.max_connections was refused: logged at most once a second.
+  void note_overloaded();
+ private:
   void close_listeners();
 
   unsigned index_;
@@ -106,6 +110,8 @@ class Worker {
   EventPtr accept_pause_;                // re-enables accepting after running out of descriptors
   int64_t accept_failure_logged_ms_ = 0;
   uint64_t accept_failures_ = 0;         // since the last log line about them
+  int64_t overload_logged_ms_ = 0;
+  uint64_t overloaded_ = 0;              // refused past max_connections since the last line
   std::unordered_map<InboundConnection*, std::unique_ptr<InboundConnection>> connections_;
   std::vector<std::unique_ptr<Deferred>> graveyard_;
   BlockPool blocks_;

@@ -621,9 +621,11 @@ void ProxyCall::fail(ErrorKind kind, const std::string& reason) {
   state_ = State::Done;
   timer_->clear();
   conn_.reset();
+  // After the head went out the client gets a cut response, not an error status.
   if (req_.log_failures) log_warn(std::string("route=") + req_.route_name + " target=" + req_.runtime->target_label(*target_) +
-           " request_id=" + req_.request_id + ": " + reason + " (" + std::to_string(error_status(kind)) + " " +
-           std::string(error_word(kind)) + ")");
+           " request_id=" + req_.request_id + ": " + reason +
+           (head_relayed_ ? std::string(" (the response to the client is cut off)")
+                          : " (" + std::to_string(error_status(kind)) + " " + std::string(error_word(kind)) + ")"));
   in_.upstream_failed(kind, reason);
 }
 

@@ -337,6 +337,9 @@ class IdleFloodTests(GatewayCase):
             self.assertTrue(c.is_closed())
             refused += 1
         self.assertEqual((refused, silent), (20, 40))
+        # The operator hears of it (once a second at most), not only the metrics.
+        self.gw.wait_log(r"warn limits\.max_connections \(40\) reached: \d+ connection\(s\) answered 503 "
+                         r"since the last such line")
         wait_until(self.served, WAIT, "a well-behaved client served after the flood", step=0.1)
 
 

@@ -473,6 +473,8 @@ class ProxyTests(GatewayCase):
                     continue
                 self.fail(f"a truncated target body was relayed as complete: {resp.status}, "
                           f"{len(resp.body)} body bytes")
+        # The log does not claim a 502 the client never got.
+        self.gw.wait_log(r"route=reset .*: the target (closed|reset|stopped).*\(the response to the client is cut off\)")
 
     def test_http10_client_never_gets_chunked(self):
         self.rcv.reply_with(Reply(body=b"chunked upstream body", framing="chunked"))
