@@ -78,6 +78,8 @@ class Worker {
   void new_request_id(std::string& id);
   void defer_delete(std::unique_ptr<Deferred> obj);
   void connection_closed(InboundConnection* c);  // c's owner moves it to the graveyard
+  // A connection past limits.max_connections was refused: logged at most once a second.
+  void note_overloaded();
 
  private:
   static void on_accept(evutil_socket_t fd, short, void* arg);
@@ -90,10 +92,6 @@ class Worker {
   void start_drain();
   void maybe_finish_drain();
   void cut_all(const std::vector<InboundConnection*>& all);
- public:
-  // A connection past limits.max_connections was refused: logged at most once a second.
-  void note_overloaded();
- private:
   void close_listeners();
 
   unsigned index_;
