@@ -230,7 +230,8 @@ class FileSizeLimitTests(GatewayCase):
         self.assert_error(resp, 500, "internal_error")
         self.assertIsNone(self.gw.proc.poll(), "the daemon died")
         self.rcv.assert_nothing()
-        self.gw.wait_log("writing the request body to storage.dir failed")
+        self.gw.wait_log(r"error route=up request_id=\w+: writing the request body to storage\.dir \S+ failed: "
+                         r"File too large \(a file size limit: LimitFSIZE= / ulimit -f\)")
         resp = self.exchange(build_request("POST", "/up", body=b"after"))[0]
         self.assertEqual(resp.status, 200)
         self.assertEqual(self.rcv.wait_requests(1)[0].body_len, 5)
