@@ -272,10 +272,9 @@ void AdminServer::on_accept(evutil_socket_t fd, short, void* arg) {
   auto* s = static_cast<AdminServer*>(arg);
   for (int i = 0; i < 16; ++i) {
     int c = ::accept4(fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (c < 0 && (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)) {
-      // The connection stays in the backlog and the event would fire again at once: pause.
+    if (c < 0 && accept_must_pause(errno)) {
       event_del(s->accept_ev_.get());
-      arm_timer(s->accept_pause_.get(), std::chrono::milliseconds(100));
+      arm_timer(s->accept_pause_.get(), kAcceptPause);
       const int64_t now = wall_clock_ms();
       if (now - s->accept_failure_logged_ms_ >= 1000) {
         s->accept_failure_logged_ms_ = now;

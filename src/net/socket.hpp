@@ -4,6 +4,8 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <cerrno>
+#include <chrono>
 #include <string>
 #include <string_view>
 
@@ -22,6 +24,14 @@ std::string format_ip(const sockaddr* sa);
 uint16_t sockaddr_port(const sockaddr* sa);
 
 void set_nodelay(int fd);
+
+// accept() failed for want of descriptors or kernel memory: the connection stays in the listen
+// backlog and a level-triggered accept event fires again at once, so the caller stops accepting
+// for kAcceptPause (as nginx does) instead of spinning.
+inline bool accept_must_pause(int error) {
+  return error == EMFILE || error == ENFILE || error == ENOBUFS || error == ENOMEM;
+}
+inline constexpr std::chrono::milliseconds kAcceptPause{100};
 bool set_nonblocking(int fd);
 
 }  // namespace dechunkd

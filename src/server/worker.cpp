@@ -132,7 +132,7 @@ void Worker::accept_from(size_t li) {
     int fd = ::accept4(listeners_[li].fd, reinterpret_cast<sockaddr*>(&peer), &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
-      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+      if (accept_must_pause(errno)) {
         pause_accepting(listeners_[li].address, errno);
       } else if (errno != EAGAIN) {
         log_warn(std::string("accept on ") + listeners_[li].address + " failed: " + std::strerror(errno));
@@ -154,13 +154,11 @@ void Worker::accept_from(size_t li) {
   }
 }
 
-// Out of descriptors (or kernel memory): the connection stays in the listen backlog, and the
-// level-triggered accept event would fire again at once, so accepting pauses for a moment (as
-// nginx does) instead of spinning, and the log says so at most once a second.
+// Out of descriptors (or kernel memory): accepting pauses (see accept_must_pause), and the log
+// says so at most once a second.
 void Worker::pause_accepting(const std::string& address, int error) {
-  constexpr std::chrono::milliseconds kPause{100};
   for (EventPtr& ev : accept_events_) event_del(ev.get());
-  dechunkd::arm_timer(accept_pause_.get(), kPause);
+  dechunkd::arm_timer(accept_pause_.get(), kAcceptPause);
   ++accept_failures_;
   const int64_t now = wall_clock_ms();
   if (now - accept_failure_logged_ms_ < 1000) return;
